@@ -1,0 +1,16 @@
+"""One module per model family. `MODEL_CLASSES` maps the class name saved in config.json to its module."""
+
+import importlib
+
+MODEL_CLASSES = {
+    "VAE": "gm_hub.models.vae",
+}
+
+
+def model_class(name: str) -> type:
+    """The gm-hub model class called `name` (imported on first use, so importing gm_hub stays light)."""
+    if name not in MODEL_CLASSES:
+        from ..errors import UserError
+
+        raise UserError(f"unknown model class {name!r}; gm-hub has {sorted(MODEL_CLASSES)}")
+    return getattr(importlib.import_module(MODEL_CLASSES[name]), name)

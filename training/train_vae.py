@@ -1,0 +1,31 @@
+"""Train a variational autoencoder on 8-bit images (the embedded MNIST sample unless told otherwise).
+
+    accelerate launch training/train_vae.py --max_train_steps 2000 --output_dir vae-mnist
+    accelerate launch training/train_vae.py --num_flows 4 --eval_data_dir ../shared/data/mnist
+"""
+
+from functools import partial
+
+from gm_hub.data import ImageDataConfig, dataset_tags, evaluation_dataset, load_image_datasets
+from gm_hub.metrics import EvaluationConfig, evaluate_model
+from gm_hub.models.vae import VAE, VAEConfig
+from gm_hub.training import TrainingConfig, parse_args, run_main, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    training, data, evaluation, model_config = parse_args(
+        [TrainingConfig, ImageDataConfig, EvaluationConfig, VAEConfig], argv, description=__doc__
+    )
+    train_set, validation_set = load_image_datasets(data)
+    eval_set, eval_name = evaluation_dataset(data, validation_set)
+    train(
+        VAE(model_config),
+        train_set,
+        training,
+        eval_fn=partial(evaluate_model, dataset=eval_set, evaluation=evaluation),
+        model_card_kwargs={"metrics_dataset": eval_name, "datasets": dataset_tags(data)},
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
