@@ -39,7 +39,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -333,12 +339,16 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit:
 # --- the loop --------------------------------------------------------------------------------------------
 
 
-def _make_accelerator(config: TrainingConfig, num_micro_steps: int) -> Accelerator:
+def _make_accelerator(config: TrainingConfig, multi_player: bool) -> Accelerator:
     return Accelerator(
         mixed_precision=config.mixed_precision,
         # The loop counts micro-steps itself: each optimizer step of each player takes exactly
         # `gradient_accumulation_steps` batches, so sync must not follow the end of the data loader.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=num_micro_steps, sync_with_dataloader=False),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        # Each player's forward leaves the other players' parameters without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=multi_player)],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=config.report_to,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
@@ -408,7 +418,7 @@ def train(
 
     players = players or [Player("model", list(model.parameters()))]
     multi_player = len(players) > 1
-    accelerator = _make_accelerator(config, config.gradient_accumulation_steps)
+    accelerator = _make_accelerator(config, multi_player)
     if config.seed is not None:
         set_seed(config.seed)
     output_dir = Path(config.output_dir)
@@ -490,14 +500,16 @@ def train(
                                 accelerator.clip_grad_norm_(player.parameters, config.max_grad_norm)
                             optimizer.step()
                             scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        if accelerator.sync_gradients:
+                            # The whole model: one player's backward also fills the other players' gradients.
+                            model.zero_grad(set_to_none=True)
                     for key, value in outputs.items():
                         if not skip_update and value.numel() == 1:
                             name = f"{player.name}/{key}" if multi_player else key
                             total = running.setdefault(name, [0.0, 0])
                             total[0], total[1] = total[0] + value.detach().float(), total[1] + 1
                 if skip_update:
-                    optimizer.zero_grad(set_to_none=True)
+                    model.zero_grad(set_to_none=True)
                     step_finite = False
         if not step_finite:
             consecutive_nonfinite += 1
