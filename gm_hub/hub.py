@@ -15,6 +15,7 @@ mixin it guards against the mixin's known traps:
 """
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from safetensors import safe_open
-from safetensors.torch import load_model
+from safetensors.torch import load_model as load_safetensors_into
 
 from .errors import UserError
 
@@ -146,7 +147,8 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
         config = json.loads(config_path.read_text())
         config[CLASS_KEY] = type(self).__name__
         config_path.write_text(json.dumps(config, sort_keys=True, indent=2))
-        self.save_sample_grid(save_directory / SAMPLE_GRID_NAME)
+        if hasattr(self, "sample"):
+            self.save_sample_grid(save_directory / SAMPLE_GRID_NAME)
         return result
 
     def save_sample_grid(self, path: Path, num_samples: int = 64, seed: int = 0) -> None:
@@ -196,7 +198,7 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
         weights_file = resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, **download)
         check_checkpoint_shapes(skeleton, weights_file)
         model = cls(config)
-        load_model(model, weights_file, strict=True, device=str(map_location))
+        load_safetensors_into(model, weights_file, strict=True, device=str(map_location))
         return model.eval()
 
 
@@ -219,6 +221,8 @@ def make_model_card(
         datasets=datasets or list(model.dataset_tags),
         pipeline_tag=type(model)._hub_mixin_info.model_card_data.pipeline_tag,
         model_name=name,
+        # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
+        gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset},
         eval_results=[
             EvalResult(
                 task_type=type(model)._hub_mixin_info.model_card_data.pipeline_tag or "other",
@@ -232,7 +236,7 @@ def make_model_card(
         ]
         or None,
     )
-    doc = (type(model).__doc__ or "").strip()
+    doc = inspect.cleandoc(type(model).__doc__ or "")
     config = json.dumps(dataclasses.asdict(model.config), indent=2) if dataclasses.is_dataclass(getattr(model, "config", None)) else "{}"
     rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
     content = f"""---
@@ -274,3 +278,28 @@ Config:
 Library: [gm-hub]({REPO_URL}).
 """
     return ModelCard(content)
+
+
+def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, float], metrics_dataset: str) -> None:
+    """Rewrite a saved model's README.md with new metrics, keeping how it was trained."""
+    card_path = Path(folder) / "README.md"
+    if not Path(folder).is_dir():
+        raise UserError(f"--write_card needs a local model folder, got {folder}")
+    previous = ModelCard.load(card_path).data.to_dict() if card_path.is_file() else {}
+    info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset}
+    make_model_card(model, metrics=metrics, datasets=previous.get("datasets"), **info).save(card_path)
+
+
+def load_model(name_or_path: str | Path, **kwargs):
+    """Any gm-hub model from a folder or Hub repo id: the class comes from config.json's `_class_name`."""
+    from .models import model_class
+
+    config_file = resolve_file(name_or_path, CONFIG_NAME, **{k: v for k, v in kwargs.items() if k != "map_location"})
+    with open(config_file, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{config_file} is not valid JSON: {err}") from err
+    if not isinstance(values, dict) or CLASS_KEY not in values:
+        raise ConfigError(f"{config_file} has no {CLASS_KEY!r}: not a model saved by gm-hub")
+    return model_class(values[CLASS_KEY]).from_pretrained(name_or_path, **kwargs)

@@ -44,8 +44,8 @@ from accelerate.utils import (
     DistributedDataParallelKwargs,
     GradientAccumulationPlugin,
     ProjectConfiguration,
-    set_seed,
 )
+from accelerate.utils import set_seed as _set_all_seeds
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -161,6 +161,15 @@ class EMA:
         self.shadow = [s.clone() for s in state["shadow"]]
 
 
+def set_seed(seed: int | None) -> None:
+    """Seed Python, NumPy and torch (every device) for a reproducible run; None leaves them as they are.
+
+    Scripts call it before building the model, so the initial weights are reproducible too.
+    """
+    if seed is not None:
+        _set_all_seeds(seed)
+
+
 # --- command-line flags from dataclasses -----------------------------------------------------------------
 
 
@@ -194,9 +203,16 @@ def _argument_type(annotation) -> tuple[Callable, dict]:
     return annotation, {}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump): what is wrong and where to look."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(dataclass_types: list[type], description: str | None = None, defaults: dict | None = None):
     """An argparse parser with one `--field` per dataclass field; a name shared by several is one flag."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     seen: set[str] = set()
     for cls in dataclass_types:
         group = parser.add_argument_group(cls.__name__)
@@ -419,14 +435,16 @@ def train(
     players = players or [Player("model", list(model.parameters()))]
     multi_player = len(players) > 1
     accelerator = _make_accelerator(config, multi_player)
-    if config.seed is not None:
-        set_seed(config.seed)
+    set_seed(config.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
+    # The loader's own generator: iterating must not draw from the global RNG, or a resumed run, which
+    # starts its iterator at another point of the RNG stream, would see other model noise.
     loader = DataLoader(train_dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
-                        num_workers=config.dataloader_num_workers, collate_fn=collate_fn)
+                        num_workers=config.dataloader_num_workers, collate_fn=collate_fn,
+                        generator=torch.Generator().manual_seed(config.seed or 0))
     if len(loader) == 0:
         raise UserError(f"the training set ({len(train_dataset)} items) is smaller than --train_batch_size {config.train_batch_size}")
     # Batches one training step consumes on each process: every player's steps, each accumulated.
@@ -550,6 +568,22 @@ def train(
     training_seconds = time.perf_counter() - start
 
     save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+    # Replicas must hold identical weights (DDP syncs gradients); the checksums make that visible.
+    checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum().reshape(1)
+    replica_checksums = accelerator.gather(checksum.to(accelerator.device)).tolist()
+    if len(set(replica_checksums)) > 1:
+        logger.error("replicas diverged: parameter checksums %s", replica_checksums)
+    if accelerator.is_main_process:
+        run_info = {
+            "num_processes": accelerator.num_processes,
+            "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+            "global_step": global_step,
+            "skipped_nonfinite_steps": total_skipped,
+            "training_seconds": training_seconds,
+            "replica_checksums": replica_checksums,
+        }
+        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (output_dir / "logs" / "run.json").write_text(json.dumps(run_info, indent=1))
     unwrapped.eval()
     with _averaged(ema, unwrapped):
         metrics = eval_fn(unwrapped, accelerator) if eval_fn is not None else {}

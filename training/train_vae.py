@@ -9,7 +9,7 @@ from functools import partial
 from gm_hub.data import ImageDataConfig, dataset_tags, evaluation_dataset, load_image_datasets
 from gm_hub.metrics import EvaluationConfig, evaluate_model
 from gm_hub.models.vae import VAE, VAEConfig
-from gm_hub.training import TrainingConfig, parse_args, run_main, train
+from gm_hub.training import TrainingConfig, parse_args, run_main, set_seed, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     train_set, validation_set = load_image_datasets(data)
     eval_set, eval_name = evaluation_dataset(data, validation_set)
+    set_seed(training.seed)  # before building the model: the initial weights belong to the run
     train(
         VAE(model_config),
         train_set,

@@ -1,0 +1,45 @@
+"""Shared test helpers: tiny configs, subprocess launches, and an offline Hub."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # the Hub is never reachable in tests
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A VAE small enough that a few steps take well under a second.
+TINY_VAE_FLAGS = [
+    "--hidden_channels", "8", "--latent_dim", "4", "--num_mixtures", "2", "--train_batch_size", "16",
+    "--max_eval_items", "32", "--num_importance_samples", "2", "--num_sample_images", "4",
+    "--lr_warmup_steps", "0", "--logging_steps", "1",
+]
+
+
+def run_script(script: str, args: list[str], num_processes: int = 1, timeout: int = 300, check: bool = True,
+               **popen_kwargs) -> subprocess.CompletedProcess:
+    """Run training/<script> (or a path) through a real `accelerate launch` (CPU; two processes use gloo)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+    launcher += ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+    result = subprocess.run([*launcher, str(REPO_ROOT / "training" / script if "/" not in script else REPO_ROOT / script), *args], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout, **popen_kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[:3000]}\n...\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """In-process training builds an Accelerator; its state is a singleton to reset between tests."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

@@ -1,0 +1,183 @@
+"""The shared loop through real `accelerate launch` runs of the VAE script, and its safety nets in-process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, TINY_VAE_FLAGS, run_script
+from gm_hub.errors import UserError
+from gm_hub.models.vae import VAE
+from gm_hub.training import (
+    MANIFEST_NAME,
+    NonFiniteLossError,
+    TrainingConfig,
+    find_resume_checkpoint,
+    list_checkpoints,
+    train,
+    training_command,
+)
+
+
+def read_card(folder):
+    text = (folder / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1]), text
+
+
+def test_train_save_reload_and_card(tmp_path):
+    out = tmp_path / "vae"
+    run_script("train_vae.py", ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
+                                "--use_ema", "--save_images_steps", "2", *TINY_VAE_FLAGS])
+    assert {"model.safetensors", "config.json", "README.md", "samples.png", "loss.png"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt*"))  # weights are safetensors only
+    assert (out / "samples" / "step-000002.png").is_file()
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    first = VAE.from_pretrained(out)
+    second = VAE.from_pretrained(out)
+    generator = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    assert torch.equal(first.sample(8, generator()), second.sample(8, generator()))
+    metadata, text = read_card(out)
+    assert metadata["library_name"] == "gm-hub" and "vae" in metadata["tags"]
+    (result,) = metadata["model-index"][0]["results"]
+    bits = {m["type"]: m["value"] for m in result["metrics"]}["bits_per_dim"]
+    assert 0 < bits < 8 and f"{bits:.4f}" in text
+    assert "accelerate launch training/train_vae.py" in metadata["gm_hub"]["training_command"]
+    history = [json.loads(line) for line in (out / "logs" / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert json.loads((out / "logs" / "run.json").read_text())["num_processes"] == 1
+
+
+def final_weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(tmp_path):
+    flags = ["--max_train_steps", "40", "--checkpointing_steps", "5", "--seed", "3", "--use_ema",
+             "--hidden_channels", "32", "--latent_dim", "8", "--num_mixtures", "2", "--train_batch_size", "64",
+             "--max_eval_items", "8", "--num_importance_samples", "1", "--num_sample_images", "4", "--logging_steps", "5"]
+    reference = tmp_path / "reference"
+    run_script("train_vae.py", ["--output_dir", str(reference), *flags])
+
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "training" / "train_vae.py"), "--output_dir", str(crashed), *flags],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list_checkpoints(crashed) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (crashed / "model.safetensors").exists(), "the run finished before it could be killed"
+    steps = [int(p.name.split("-")[1]) for p in list_checkpoints(crashed)]
+    assert steps and max(steps) < 40
+
+    run_script("train_vae.py", ["--output_dir", str(crashed), "--resume_from_checkpoint", "latest", *flags])
+    expected, resumed = final_weights(reference), final_weights(crashed)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # bitwise on the CPU
+
+
+def test_damaged_or_unfinished_checkpoints_are_skipped(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path), max_train_steps=6, checkpointing_steps=2, train_batch_size=4,
+                            lr_warmup_steps=0, num_sample_images=2, save_images_steps=0)
+    train(TinyRegression(), RandomPairs(32), config)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    (tmp_path / ".tmp-checkpoint-8").mkdir()  # a save killed midway never becomes a checkpoint
+    weights = tmp_path / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated by a crash or a full disk
+    assert find_resume_checkpoint(str(tmp_path), "latest").name == "checkpoint-4"
+    with pytest.raises(UserError, match="damaged"):
+        find_resume_checkpoint(str(tmp_path), str(tmp_path / "checkpoint-6"))
+    (tmp_path / "checkpoint-4" / MANIFEST_NAME).unlink()
+    assert find_resume_checkpoint(str(tmp_path), "latest").name == "checkpoint-2"
+
+
+class TinyRegression(torch.nn.Module):
+    """y = a x + b fitted by MSE; loss turns NaN for batches marked so, to exercise the non-finite guard."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, batch):
+        loss = ((self.linear(batch["x"]) - batch["y"]) ** 2).mean()
+        return {"loss": torch.where(batch["poison"].any(), torch.tensor(float("nan")), loss)}
+
+    def sample(self, num_samples, generator=None):
+        return torch.zeros(num_samples, 1, 2, 2, dtype=torch.uint8)
+
+    def save_pretrained(self, folder, model_card_kwargs=None):
+        from safetensors.torch import save_model
+
+        save_model(self, str(folder / "model.safetensors"))
+
+
+class RandomPairs(torch.utils.data.Dataset):
+    def __init__(self, n, poison=()):
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 1, generator=generator)
+        self.poison = set(poison)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": 3 * self.x[i] + 1, "poison": torch.tensor(i in self.poison)}
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path / "some"), max_train_steps=8, train_batch_size=1, lr_warmup_steps=0,
+                            save_images_steps=0, max_nonfinite_steps=3, seed=0)
+    train(TinyRegression(), RandomPairs(64, poison={5, 17}), config)
+    run = json.loads((tmp_path / "some" / "logs" / "run.json").read_text())
+    assert run["global_step"] == 8 and 1 <= run["skipped_nonfinite_steps"] <= 2
+    assert all(torch.isfinite(v).all() for v in final_weights(tmp_path / "some").values())
+
+    config.output_dir, config.checkpointing_steps = str(tmp_path / "all"), 1
+    with pytest.raises(NonFiniteLossError, match="3 training steps in a row .* last good checkpoint"):
+        train(TinyRegression(), RandomPairs(64, poison=range(64)), config)
+
+
+def test_bad_flags_give_one_line(tmp_path):
+    for flags, message in [(["--max_train_steps", "-5"], "--max_train_steps must be positive"),
+                           (["--train_data_dir", str(tmp_path / "nope")], "is not a folder"),
+                           (["--mixed_precision", "fp8"], "--mixed_precision must be")]:
+        result = subprocess.run([sys.executable, "training/train_vae.py", *flags], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hub_token_never_reaches_the_card_or_command():
+    command = training_command(["train_vae.py", "--hub_token", "hf_secret", "--hub_token=hf_other", "--seed", "1"])
+    assert "hf_secret" not in command and "hf_other" not in command and "--seed 1" in command
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """Two gloo processes with batch 8 each = one process with batch 16: same data, averaged gradients."""
+    common = ["--max_train_steps", "8", "--seed", "0", "--lr_warmup_steps", "2", "--learning_rate", "1e-2",
+              "--num_sample_images", "1", "--checkpointing_steps", "4"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    run_script("tests/train_regression.py", ["--output_dir", str(two), *common, "--train_batch_size", "8"], num_processes=2)
+    run_script("tests/train_regression.py", ["--output_dir", str(one), *common, "--train_batch_size", "16"])
+    run_two, run_one = (json.loads((d / "logs" / "run.json").read_text()) for d in (two, one))
+    assert run_two["num_processes"] == 2 and run_one["num_processes"] == 1
+    assert run_two["effective_batch_size"] == run_one["effective_batch_size"] == 16
+    assert len(run_two["replica_checksums"]) == 2 and len(set(run_two["replica_checksums"])) == 1
+    a, b = final_weights(two), final_weights(one)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # stated tolerance: float32 summation order
+
+
+def test_vae_trains_on_two_processes_with_identical_replicas(tmp_path):
+    out = tmp_path / "vae"
+    run_script("train_vae.py", ["--output_dir", str(out), "--max_train_steps", "3", *TINY_VAE_FLAGS], num_processes=2)
+    run = json.loads((out / "logs" / "run.json").read_text())
+    assert run["num_processes"] == 2 and run["effective_batch_size"] == 32
+    assert len(set(run["replica_checksums"])) == 1
+    assert VAE.from_pretrained(out).sample(2).shape == (2, 1, 28, 28)
