@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT
+from gm_hub.cli import available_families
+from gm_hub.models.vae import VAE, VAEConfig
+
+
+def gm_hub(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "gm_hub.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "vae"
+    VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2)).save_pretrained(folder)
+    return folder
+
+
+def test_sample_writes_a_grid_or_an_array(saved, tmp_path):
+    result = gm_hub("sample", saved, "--num_samples", 6, "--seed", 3, "--output", tmp_path / "s.npy")
+    assert result.returncode == 0, result.stderr
+    array = np.load(tmp_path / "s.npy")
+    assert array.shape == (6, 1, 28, 28) and array.dtype == np.uint8
+    expected = VAE.from_pretrained(saved).sample(6, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(array, expected.numpy())
+    assert gm_hub("sample", saved, "--num_samples", 6, "--output", tmp_path / "s.png").returncode == 0
+    assert Image.open(tmp_path / "s.png").size == (2 + 3 * 30, 2 + 2 * 30)  # 3 columns x 2 rows of 28 px + 2 px padding
+
+
+def test_evaluate_prints_json_and_can_write_the_card(saved):
+    result = gm_hub("evaluate", saved, "--max_eval_items", 16, "--num_importance_samples", 2, "--write_card")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert 0 < metrics["bits_per_dim"] < 9 and "validation split" in metrics["dataset"]
+    assert f"{metrics['bits_per_dim']:.4f}" in (saved / "README.md").read_text()
+
+
+def test_train_runs_the_family_script(tmp_path):
+    result = gm_hub("train", "vae", "--output_dir", tmp_path / "out", "--max_train_steps", 2, "--hidden_channels", 4,
+                    "--latent_dim", 2, "--num_mixtures", 1, "--train_batch_size", 8, "--max_eval_items", 8,
+                    "--num_importance_samples", 1, "--num_sample_images", 1)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert "vae" in available_families()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nosuchfamily"], "unknown family 'nosuchfamily'"),
+        (["train", "vae", "--max_train_steps", "-3"], "--max_train_steps must be positive"),
+        (["sample", "/no/such/folder"], "does not exist"),
+        (["sample", "{saved}", "--output", "x.jpg"], "--output must end in .png"),
+        (["evaluate", "{saved}", "--eval_data_dir", "/no/such/folder"], "is not a folder"),
+        ([], "required"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(saved, args, message):
+    result = gm_hub(*[a.format(saved=saved) for a in args])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
