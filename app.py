@@ -1,0 +1,120 @@
+"""gm-hub demo: sample every family of generative models in the browser.
+
+    python app.py                       # http://127.0.0.1:7860
+    GM_HUB_VAE_MODEL=user/vae-mnist python app.py   # any folder or Hub repo id instead of pretrained/
+
+Models load lazily, once per process, from `pretrained/<name>` (or the environment variable named in
+`MODEL_SOURCES`). On a GPU they run there: on a ZeroGPU Space each GPU-bound event holds a GPU through
+`@spaces.GPU`; elsewhere on CUDA if present, else on the CPU.
+"""
+
+import functools
+import os
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from gm_hub import load_model
+from gm_hub.data import image_grid, load_embedded_mnist
+
+try:  # ZeroGPU Spaces; outside a Space the decorator does nothing
+    from spaces import GPU as gpu
+except ImportError:  # not installed (or only this repo's spaces/ folder is in sight)
+
+    def gpu(function):
+        return function
+
+
+ROOT = Path(__file__).resolve().parent
+# Family -> (environment variable, default folder). The environment variable may name a Hub repo id.
+MODEL_SOURCES = {
+    "vae": ("GM_HUB_VAE_MODEL", ROOT / "pretrained" / "vae-mnist"),
+}
+GPU_QUEUE = "gpu"  # events that run a model share one queue, so a GPU is never oversubscribed
+
+
+def model_source(family: str) -> str:
+    variable, default = MODEL_SOURCES[family]
+    return os.environ.get(variable, str(default))
+
+
+def is_available(family: str) -> bool:
+    source = model_source(family)
+    return not os.path.isabs(source) or (Path(source) / "config.json").is_file()
+
+
+@functools.cache
+def get_model(family: str):
+    """Load a family's model once per process, on the CPU (ZeroGPU moves it inside GPU events)."""
+    return load_model(model_source(family))
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def example_digits() -> torch.Tensor:
+    """A few real digits (the embedded MNIST sample) to reconstruct and interpolate between."""
+    return load_embedded_mnist().images[::500][:10]  # one of each class, (10, 1, 28, 28) uint8
+
+
+def upscale(images: torch.Tensor, size: int = 84) -> torch.Tensor:
+    """Nearest-neighbour upscaling so 28-pixel digits are visible: (N, C, H, W) uint8."""
+    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="nearest").to(torch.uint8)
+
+
+# --- handlers --------------------------------------------------------------------------------------------
+
+
+@gpu
+def sample_vae(num_samples: int, seed: int):
+    """A grid of VAE samples for a seed."""
+    model = get_model("vae").to(device())
+    images = model.sample(int(num_samples), generator=torch.Generator().manual_seed(int(seed)))
+    return image_grid(upscale(images.cpu()))
+
+
+@gpu
+def interpolate_vae(digit_a: int, digit_b: int, steps: int):
+    """Decode a straight latent line between two real digits."""
+    model = get_model("vae").to(device())
+    digits = example_digits()
+    images = model.interpolate(digits[int(digit_a)], digits[int(digit_b)], int(steps))
+    return image_grid(upscale(images.cpu()), num_columns=int(steps))
+
+
+# --- layout ----------------------------------------------------------------------------------------------
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="gm-hub: generative models") as demo:
+        gr.Markdown(
+            "# gm-hub\nFive families of generative models, trained with accelerate and shared on the Hub. "
+            f"Running on **{device().type.upper()}**."
+        )
+        if is_available("vae"):
+            with gr.Tab("VAE"):
+                gr.Markdown("A convolutional VAE with a planar-flow posterior and a discretized logistic decoder.")
+                with gr.Row():
+                    vae_count = gr.Slider(1, 64, value=16, step=1, label="Number of samples")
+                    vae_seed = gr.Number(value=0, precision=0, label="Seed")
+                vae_button = gr.Button("Sample", variant="primary")
+                vae_grid = gr.Image(label="Samples", type="pil")
+                vae_button.click(sample_vae, [vae_count, vae_seed], vae_grid, api_name="sample_vae", concurrency_id=GPU_QUEUE)
+                with gr.Row():
+                    vae_a = gr.Slider(0, 9, value=1, step=1, label="From digit")
+                    vae_b = gr.Slider(0, 9, value=7, step=1, label="To digit")
+                    vae_steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
+                vae_line_button = gr.Button("Interpolate")
+                vae_line = gr.Image(label="Latent interpolation", type="pil")
+                vae_line_button.click(interpolate_vae, [vae_a, vae_b, vae_steps], vae_line, api_name="interpolate_vae",
+                                      concurrency_id=GPU_QUEUE)
+        if not any(is_available(family) for family in MODEL_SOURCES):
+            gr.Markdown("No models found: train one (`gm-hub train vae`) and save it under `pretrained/`.")
+    return demo
+
+
+if __name__ == "__main__":
+    build_demo().queue(default_concurrency_limit=1).launch()

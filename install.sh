@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install gm-hub and everything it needs:   bash install.sh        (add "test" for the test tools)
+# On Linux without CUDA the CPU build of torch goes in first, so pip does not pull the multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")"
+python=${PYTHON:-python3}
+if ! "$python" -c "import torch" 2>/dev/null; then
+  if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    # A CPU wheel that pip already knows locally (find-links), else PyTorch's CPU index.
+    "$python" -m pip install --no-index "torch==2.13.0" 2>/dev/null \
+      || "$python" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+extras=""
+if [ "${1:-}" = test ]; then extras="[test]"; fi
+"$python" -m pip install -e ".${extras}"
