@@ -111,3 +111,19 @@ def test_text_split_is_the_last_ten_percent(tmp_path):
     assert train + validation == text and len(validation) == 10 and validation == text[-10:]
     with pytest.raises(DataError, match="--train_file"):
         load_text(train_file=str(tmp_path / "missing.txt"))
+
+
+def test_hugging_face_dataset_code_path_with_a_local_dataset(tmp_path):
+    """--dataset_name goes through datasets.load_dataset; a local dataset folder exercises it offline."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(10)]
+    table = datasets.Dataset.from_dict({"picture": pictures, "label": list(range(10))}).cast_column("picture", datasets.Image())
+    (tmp_path / "data").mkdir()
+    table.to_parquet(str(tmp_path / "data" / "train-00000.parquet"))
+    train, validation = load_image_datasets(ImageDataConfig(dataset_name=str(tmp_path), resolution=8))
+    assert len(train) + len(validation) == 10 and train.images.shape[1:] == (1, 8, 8)
+    assert sorted(train.labels.tolist() + validation.labels.tolist()) == list(range(10))
+    with pytest.raises(DataError, match="--image_column 'photo' is not in"):
+        load_image_datasets(ImageDataConfig(dataset_name=str(tmp_path), image_column="photo"))

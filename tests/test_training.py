@@ -34,7 +34,7 @@ def read_card(folder):
 def test_train_save_reload_and_card(tmp_path):
     out = tmp_path / "vae"
     run_script("train_vae.py", ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
-                                "--use_ema", "--save_images_steps", "2", *TINY_VAE_FLAGS])
+                                "--use_ema", "--save_images_steps", "2", "--report_to", "tensorboard", *TINY_VAE_FLAGS])
     assert {"model.safetensors", "config.json", "README.md", "samples.png", "loss.png"} <= {p.name for p in out.iterdir()}
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt*"))  # weights are safetensors only
     assert (out / "samples" / "step-000002.png").is_file()
@@ -52,6 +52,7 @@ def test_train_save_reload_and_card(tmp_path):
     history = [json.loads(line) for line in (out / "logs" / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [1, 2, 3, 4]
     assert json.loads((out / "logs" / "run.json").read_text())["num_processes"] == 1
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # --report_to tensorboard
 
 
 def final_weights(folder):
@@ -181,3 +182,25 @@ def test_vae_trains_on_two_processes_with_identical_replicas(tmp_path):
     assert run["num_processes"] == 2 and run["effective_batch_size"] == 32
     assert len(set(run["replica_checksums"])) == 1
     assert VAE.from_pretrained(out).sample(2).shape == (2, 1, 28, 28)
+
+
+def test_ema_tracks_the_average_and_restores_the_live_weights():
+    from gm_hub.training import EMA
+
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([parameter], decay=0.5)
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            parameter.fill_(value)
+        ema.update([parameter])
+    # Warm-up decay min(0.5, (1 + n) / (10 + n)) = 2/11, 3/12, 4/13 for n = 1, 2, 3.
+    expected = 0.0
+    for n, value in enumerate((1.0, 2.0, 3.0), start=1):
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+    with ema.applied_to([parameter]):
+        assert torch.allclose(parameter, torch.full((3,), expected))
+    assert torch.equal(parameter.detach(), torch.full((3,), 3.0))
+    restored = EMA([parameter], decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.shadow[0], ema.shadow[0]) and restored.num_updates == 3

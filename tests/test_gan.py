@@ -1,0 +1,126 @@
+"""The GAN family: adversarial steps through `accelerate launch`, exact resume, sampling properties, Hub round trip."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_script
+from gm_hub import load_model
+from gm_hub.hub import ConfigError
+from gm_hub.models.gan import (
+    GAN,
+    AdversarialConfig,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    interpolate_latents,
+    sample_latents,
+)
+
+TINY_G = GeneratorConfig(latent_dim=8, hidden_channels=8)
+TINY_GAN_FLAGS = [
+    "--latent_dim", "8", "--hidden_channels", "8", "--train_batch_size", "8", "--discriminator_steps", "2",
+    "--mixed_precision", "bf16", "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0",
+    "--logging_steps", "1", "--seed", "5", "--num_eval_samples", "0",
+]
+
+
+def test_adversarial_steps_change_both_networks_save_and_resume_exactly(tmp_path):
+    run = tmp_path / "run"
+    run_script("train_gan.py", ["--output_dir", str(run), "--max_train_steps", "4", "--checkpointing_steps", "2", *TINY_GAN_FLAGS])
+    at_2, at_4 = load_file(run / "checkpoint-2" / "model.safetensors"), load_file(run / "checkpoint-4" / "model.safetensors")
+    for network in ("generator.", "discriminator."):
+        assert any(not torch.equal(at_2[k], at_4[k]) for k in at_2 if k.startswith(network)), f"{network} did not train"
+    # Both optimizers and the EMA are in the checkpoint; the published folder holds the generator alone.
+    assert {"optimizer.bin", "optimizer_1.bin", "custom_checkpoint_0.pkl"} <= {p.name for p in (run / "checkpoint-4").iterdir()}
+    published = load_file(run / "model.safetensors")
+    assert published and all(not k.startswith("discriminator") for k in published)
+    config = json.loads((run / "config.json").read_text())
+    assert config["_class_name"] == "Generator" and config["latent_dim"] == 8
+    assert load_model(run).sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 28, 28)
+
+    # Resume from step 2 in a fresh folder: both networks, optimizers and the EMA match the uninterrupted run.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(run / "checkpoint-2", resumed / "checkpoint-2")
+    run_script("train_gan.py", ["--output_dir", str(resumed), "--max_train_steps", "4", "--checkpointing_steps", "2",
+                                "--resume_from_checkpoint", "latest", *TINY_GAN_FLAGS])
+    for name in ("checkpoint-4/model.safetensors", "model.safetensors"):
+        expected, found = load_file(run / name), load_file(resumed / name)
+        assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected), name
+    for name in ("optimizer.bin", "optimizer_1.bin"):
+        expected = torch.load(run / "checkpoint-4" / name, weights_only=False)["state"]
+        found = torch.load(resumed / "checkpoint-4" / name, weights_only=False)["state"]
+        assert all(torch.equal(expected[i]["exp_avg"], found[i]["exp_avg"]) for i in expected), name
+    ema = [torch.load(folder / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=False) for folder in (run, resumed)]
+    assert ema[0]["num_updates"] == ema[1]["num_updates"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(ema[0]["shadow"], ema[1]["shadow"]))
+
+
+@pytest.mark.parametrize("adversarial_loss, spectral_norm", [("non_saturating", False), ("hinge", True)])
+def test_each_player_step_moves_only_its_own_network(adversarial_loss, spectral_norm):
+    torch.manual_seed(0)
+    gan = GAN(TINY_G, DiscriminatorConfig(hidden_channels=8, spectral_norm=spectral_norm), AdversarialConfig(adversarial_loss))
+    batch = {"images": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)}
+    for player, network in (("discriminator", gan.discriminator), ("generator", gan.generator)):
+        other = gan.generator if network is gan.discriminator else gan.discriminator
+        before = {k: v.clone() for k, v in gan.state_dict().items()}
+        outputs = gan(batch, player=player)
+        assert outputs["loss"].isfinite()
+        outputs["loss"].backward()
+        torch.optim.SGD(network.parameters(), lr=0.1).step()
+        gan.zero_grad(set_to_none=True)
+        after = gan.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(player))
+        assert all(torch.equal(p, before[n]) for n, p in other.named_parameters(prefix=other is gan.generator and "generator" or "discriminator"))
+
+
+def test_truncation_keeps_every_latent_under_the_threshold():
+    z = sample_latents(2000, 16, torch.Generator().manual_seed(0), truncation=0.5)
+    assert z.shape == (2000, 16) and z.abs().max() <= 0.5
+    assert z.std() > 0.25  # redrawn, not clamped: values spread over (-0.5, 0.5)
+    model = Generator(TINY_G).eval()
+    assert model.sample(4, torch.Generator().manual_seed(0), truncation=1.0).shape == (4, 1, 28, 28)
+    with pytest.raises(ValueError, match="truncation"):
+        sample_latents(1, 4, truncation=0.0)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_interpolation_endpoints_equal_the_inputs(spherical):
+    z_a, z_b = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    path = interpolate_latents(z_a, z_b, steps=7, spherical=spherical)
+    assert path.shape == (7, 8) and torch.equal(path[0], z_a) and torch.equal(path[-1], z_b)
+    if spherical:  # the norm moves linearly between the endpoints' norms
+        assert torch.allclose(path.norm(dim=1), torch.linspace(z_a.norm(), z_b.norm(), 7), atol=1e-5)
+    model = Generator(TINY_G).eval()
+    images = model.interpolate(z_a, z_b, steps=7, spherical=spherical)
+    ends = model.generate(torch.stack([z_a, z_b]))
+    assert images.shape == (7, 1, 28, 28) and images.dtype == torch.uint8
+    assert (images[[0, -1]].int() - ends.int()).abs().max() <= 1  # same z; batch size may change float rounding
+
+
+def test_from_pretrained_reproduces_samples_for_the_same_seed(tmp_path):
+    torch.manual_seed(0)
+    model = Generator(GeneratorConfig(resolution=32, num_channels=3, latent_dim=8, hidden_channels=4)).eval()
+    model.save_pretrained(tmp_path)
+    assert {"model.safetensors", "config.json", "README.md", "samples.png"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = Generator.from_pretrained(tmp_path)
+    samples = model.sample(6, torch.Generator().manual_seed(3))
+    assert samples.shape == (6, 3, 32, 32) and samples.dtype == torch.uint8
+    assert torch.equal(samples, loaded.sample(6, torch.Generator().manual_seed(3)))
+    assert torch.equal(samples, load_model(tmp_path).sample(6, torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("config_class, field, value", [
+    (GeneratorConfig, "resolution", 30), (GeneratorConfig, "num_channels", 2), (GeneratorConfig, "latent_dim", 0),
+    (DiscriminatorConfig, "hidden_channels", 0), (AdversarialConfig, "adversarial_loss", "wasserstein"),
+    (AdversarialConfig, "discriminator_steps", 0),
+])
+def test_bad_config_is_refused_with_the_field_name(config_class, field, value):
+    with pytest.raises(ConfigError, match=field):
+        config_class(**{field: value})
+    with pytest.raises(ConfigError, match="resolution"):
+        GAN(GeneratorConfig(resolution=32), DiscriminatorConfig(resolution=28), AdversarialConfig())
