@@ -3,7 +3,9 @@
 import importlib
 
 MODEL_CLASSES = {
+    "DigitClassifier": "gm_hub.models.classifier",
     "VAE": "gm_hub.models.vae",
+    "Generator": "gm_hub.models.gan",
 }
 
 
