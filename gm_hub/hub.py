@@ -213,11 +213,12 @@ def make_model_card(
 ) -> ModelCard:
     """A model card: YAML metadata (library, tags, datasets, model-index metrics), then what, how, how good."""
     metrics = metrics or {}
+    generative = hasattr(model, "sample")  # the digit classifier is a gm-hub model that generates nothing
     name = f"gm-hub {model.family or type(model).__name__}"
     card_data = ModelCardData(
         library_name="gm-hub",
         license="mit",
-        tags=sorted({"gm-hub", "pytorch_model_hub_mixin", model.family, "generative-model"} - {""}),
+        tags=sorted({"gm-hub", "pytorch_model_hub_mixin", model.family, "generative-model" if generative else ""} - {""}),
         datasets=datasets or list(model.dataset_tags),
         pipeline_tag=type(model)._hub_mixin_info.model_card_data.pipeline_tag,
         model_name=name,
@@ -247,7 +248,7 @@ def make_model_card(
 
 {doc}
 
-![samples]({SAMPLE_GRID_NAME})
+{f"![samples]({SAMPLE_GRID_NAME})" if generative else ""}
 
 ## Use
 
@@ -256,7 +257,8 @@ from gm_hub import load_model
 import torch
 
 model = load_model("path/or/repo-id")  # strict, safetensors only
-images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C, H, W) uint8
+{"images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C, H, W) uint8" if generative else
+ "features, probabilities, labels = model.predict(images)  # uint8 (N, C, H, W) -> (N, F), (N, classes), (N,)"}
 ```
 
 ## Training
