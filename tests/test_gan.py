@@ -24,7 +24,7 @@ TINY_G = GeneratorConfig(latent_dim=8, hidden_channels=8)
 TINY_GAN_FLAGS = [
     "--latent_dim", "8", "--hidden_channels", "8", "--train_batch_size", "8", "--discriminator_steps", "2",
     "--mixed_precision", "bf16", "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0",
-    "--logging_steps", "1", "--seed", "5", "--num_eval_samples", "0",
+    "--logging_steps", "1", "--seed", "5",
 ]
 
 
@@ -41,6 +41,7 @@ def test_adversarial_steps_change_both_networks_save_and_resume_exactly(tmp_path
     config = json.loads((run / "config.json").read_text())
     assert config["_class_name"] == "Generator" and config["latent_dim"] == 8
     assert load_model(run).sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 28, 28)
+    assert "| classifier_fid |" in (run / "README.md").read_text()  # the sample metrics reach the GAN through the loop
 
     # Resume from step 2 in a fresh folder: both networks, optimizers and the EMA match the uninterrupted run.
     resumed = tmp_path / "resumed"
@@ -65,17 +66,16 @@ def test_each_player_step_moves_only_its_own_network(adversarial_loss, spectral_
     torch.manual_seed(0)
     gan = GAN(TINY_G, DiscriminatorConfig(hidden_channels=8, spectral_norm=spectral_norm), AdversarialConfig(adversarial_loss))
     batch = {"images": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)}
-    for player, network in (("discriminator", gan.discriminator), ("generator", gan.generator)):
-        other = gan.generator if network is gan.discriminator else gan.discriminator
+    for player, other in (("discriminator", "generator"), ("generator", "discriminator")):
         before = {k: v.clone() for k, v in gan.state_dict().items()}
         outputs = gan(batch, player=player)
         assert outputs["loss"].isfinite()
         outputs["loss"].backward()
-        torch.optim.SGD(network.parameters(), lr=0.1).step()
+        torch.optim.SGD(getattr(gan, player).parameters(), lr=0.1).step()
         gan.zero_grad(set_to_none=True)
         after = gan.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(player))
-        assert all(torch.equal(p, before[n]) for n, p in other.named_parameters(prefix=other is gan.generator and "generator" or "discriminator"))
+        assert all(torch.equal(p, before[k]) for k, p in gan.named_parameters() if k.startswith(other))
 
 
 def test_truncation_keeps_every_latent_under_the_threshold():
