@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 # Family -> (environment variable, default folder). The environment variable may name a Hub repo id.
 MODEL_SOURCES = {
     "vae": ("GM_HUB_VAE_MODEL", ROOT / "pretrained" / "vae-mnist"),
+    "gan": ("GM_HUB_GAN_MODEL", ROOT / "pretrained" / "gan-mnist"),
 }
 GPU_QUEUE = "gpu"  # events that run a model share one queue, so a GPU is never oversubscribed
 
@@ -69,10 +70,11 @@ def upscale(images: torch.Tensor, size: int = 84) -> torch.Tensor:
 
 
 @gpu
-def sample_vae(num_samples: int, seed: int):
-    """A grid of VAE samples for a seed."""
+def sample_vae(num_samples: int, seed: int, most_likely_pixels: bool = True):
+    """A grid of VAE samples for a seed (the decoder's most likely pixels, or true samples with pixel noise)."""
     model = get_model("vae").to(device())
-    images = model.sample(int(num_samples), generator=torch.Generator().manual_seed(int(seed)))
+    generator = torch.Generator().manual_seed(int(seed))
+    images = model.sample(int(num_samples), generator=generator, most_likely_pixels=bool(most_likely_pixels))
     return image_grid(upscale(images.cpu()))
 
 
@@ -82,6 +84,24 @@ def interpolate_vae(digit_a: int, digit_b: int, steps: int):
     model = get_model("vae").to(device())
     digits = example_digits()
     images = model.interpolate(digits[int(digit_a)], digits[int(digit_b)], int(steps))
+    return image_grid(upscale(images.cpu()), num_columns=int(steps))
+
+
+@gpu
+def sample_gan(num_samples: int, seed: int, truncation: float):
+    """A grid of generator samples; truncation 0 means none (z redrawn while any |z_i| exceeds it)."""
+    model = get_model("gan").to(device())
+    generator = torch.Generator().manual_seed(int(seed))
+    images = model.sample(int(num_samples), generator=generator, truncation=float(truncation) or None)
+    return image_grid(upscale(images.cpu()))
+
+
+@gpu
+def interpolate_gan(seed_a: int, seed_b: int, steps: int, spherical: bool):
+    """Images along a line (or great circle) between the latents of two seeds."""
+    model = get_model("gan").to(device())
+    z_a, z_b = (model.sample_latents(1, torch.Generator().manual_seed(int(seed)))[0] for seed in (seed_a, seed_b))
+    images = model.interpolate(z_a, z_b, int(steps), spherical=bool(spherical))
     return image_grid(upscale(images.cpu()), num_columns=int(steps))
 
 
@@ -100,9 +120,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     vae_count = gr.Slider(1, 64, value=16, step=1, label="Number of samples")
                     vae_seed = gr.Number(value=0, precision=0, label="Seed")
+                    vae_mode = gr.Checkbox(value=True, label="Most likely pixels (untick for true samples with pixel noise)")
                 vae_button = gr.Button("Sample", variant="primary")
                 vae_grid = gr.Image(label="Samples", type="pil")
-                vae_button.click(sample_vae, [vae_count, vae_seed], vae_grid, api_name="sample_vae", concurrency_id=GPU_QUEUE)
+                vae_button.click(sample_vae, [vae_count, vae_seed, vae_mode], vae_grid, api_name="sample_vae", concurrency_id=GPU_QUEUE)
                 with gr.Row():
                     vae_a = gr.Slider(0, 9, value=1, step=1, label="From digit")
                     vae_b = gr.Slider(0, 9, value=7, step=1, label="To digit")
@@ -111,6 +132,26 @@ def build_demo() -> gr.Blocks:
                 vae_line = gr.Image(label="Latent interpolation", type="pil")
                 vae_line_button.click(interpolate_vae, [vae_a, vae_b, vae_steps], vae_line, api_name="interpolate_vae",
                                       concurrency_id=GPU_QUEUE)
+        if is_available("gan"):
+            with gr.Tab("GAN"):
+                gr.Markdown("A DCGAN-style generator (Goodfellow et al.; Radford et al.), trained against a discriminator.")
+                with gr.Row():
+                    gan_count = gr.Slider(1, 64, value=16, step=1, label="Number of samples")
+                    gan_seed = gr.Number(value=0, precision=0, label="Seed")
+                    gan_truncation = gr.Slider(0, 3, value=0, step=0.1, label="Truncation (0: none)")
+                gan_button = gr.Button("Sample", variant="primary")
+                gan_grid = gr.Image(label="Samples", type="pil")
+                gan_button.click(sample_gan, [gan_count, gan_seed, gan_truncation], gan_grid, api_name="sample_gan",
+                                 concurrency_id=GPU_QUEUE)
+                with gr.Row():
+                    gan_a = gr.Number(value=1, precision=0, label="From seed")
+                    gan_b = gr.Number(value=2, precision=0, label="To seed")
+                    gan_steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
+                    gan_spherical = gr.Checkbox(value=True, label="Spherical")
+                gan_line_button = gr.Button("Interpolate")
+                gan_line = gr.Image(label="Latent interpolation", type="pil")
+                gan_line_button.click(interpolate_gan, [gan_a, gan_b, gan_steps, gan_spherical], gan_line,
+                                      api_name="interpolate_gan", concurrency_id=GPU_QUEUE)
         if not any(is_available(family) for family in MODEL_SOURCES):
             gr.Markdown("No models found: train one (`gm-hub train vae`) and save it under `pretrained/`.")
     return demo

@@ -23,9 +23,20 @@ def tiny_vae(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_gan(tmp_path_factory):
+    from gm_hub.models.gan import Generator, GeneratorConfig
+
+    folder = tmp_path_factory.mktemp("app") / "gan"
+    torch.manual_seed(0)
+    Generator(GeneratorConfig(latent_dim=8, hidden_channels=8)).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
-def app_module(tiny_vae, monkeypatch):
+def app_module(tiny_vae, tiny_gan, monkeypatch):
     monkeypatch.setenv("GM_HUB_VAE_MODEL", str(tiny_vae))
+    monkeypatch.setenv("GM_HUB_GAN_MODEL", str(tiny_gan))
     sys.path.insert(0, str(REPO_ROOT))
     import app
 
@@ -44,10 +55,18 @@ def test_handlers_sample_and_interpolate(app_module):
     assert app_module.get_model("vae") is app_module.get_model("vae")  # loaded once per process
 
 
+def test_gan_handlers(app_module):
+    grid = app_module.sample_gan(4, 0, 0.0)
+    assert grid.size == (2 + 2 * 86, 2 + 2 * 86)
+    assert np.asarray(app_module.sample_gan(4, 0, 1.0)).shape == np.asarray(grid).shape
+    line = app_module.interpolate_gan(1, 2, 4, True)
+    assert line.size == (2 + 4 * 86, 2 + 86)
+
+
 def test_demo_has_a_tab_and_named_endpoints(app_module):
     demo = app_module.build_demo()
     api_names = {dependency.api_name for dependency in demo.fns.values()}
-    assert {"sample_vae", "interpolate_vae"} <= api_names
+    assert {"sample_vae", "interpolate_vae", "sample_gan", "interpolate_gan"} <= api_names
 
 
 def free_port() -> int:
@@ -83,7 +102,7 @@ def test_space_folder_serves_the_same_app_over_http(tiny_vae, tmp_path):
             except Exception:  # not listening yet
                 time.sleep(0.5)
         assert client is not None, "the app did not start within 90 s"
-        path = client.predict(4, 11, api_name="/sample_vae")
+        path = client.predict(4, 11, False, api_name="/sample_vae")
         image = Image.open(path)
         assert image.size == (2 + 2 * 86, 2 + 2 * 86)
         expected = VAE.from_pretrained(tiny_vae).sample(4, generator=torch.Generator().manual_seed(11))

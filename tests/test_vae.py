@@ -65,6 +65,9 @@ def test_sample_reconstruct_interpolate_shapes_and_endpoints():
     assert samples.shape == (5, 1, 28, 28) and samples.dtype == torch.uint8
     same = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(samples, same)
+    modes = model.sample(5, generator=torch.Generator().manual_seed(0), most_likely_pixels=True)
+    assert torch.equal(modes, model.sample(5, generator=torch.Generator().manual_seed(0), most_likely_pixels=True))
+    assert (modes.float() - samples.float()).abs().mean() > 0  # pixel noise is what separates the two
     images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     line = model.interpolate(images[0], images[1], steps=6)
     assert line.shape == (6, 1, 28, 28)

@@ -174,11 +174,17 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
         return torch.logsumexp(log_px_z + log_pz_minus_log_qz, dim=0) - math.log(num_importance_samples)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ N(0, I), x ~ p(x|z): (num_samples, C, H, W) uint8."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, most_likely_pixels: bool = False) -> torch.Tensor:
+        """z ~ N(0, I), x ~ p(x|z): (num_samples, C, H, W) uint8.
+
+        The pixels of p(x|z) are independent given z, so true samples carry per-pixel noise;
+        `most_likely_pixels=True` shows the decoder's mode instead (what VAE figures usually show).
+        """
         device = next(self.parameters()).device
         z = randn((num_samples, self.config.latent_dim), generator, device)
         params = self.decoder(z)
+        if most_likely_pixels:
+            return discretized_logistic_mixture_mode(params, self.config.num_channels, self.config.num_mixtures)
         return sample_discretized_logistic_mixture(params, self.config.num_channels, self.config.num_mixtures, generator)
 
     @torch.no_grad()
