@@ -262,6 +262,41 @@ def dataset_tags(config: ImageDataConfig) -> list[str]:
     return [config.dataset_name] if config.dataset_name else ["mnist"] if not config.train_data_dir else []
 
 
+@dataclass
+class TextDataConfig:
+    """Which text to train on: a file or a Hub dataset, split into the first 90% and the last 10%."""
+
+    train_file: str | None = None  # a UTF-8 text file, e.g. ../shared/data/tinyshakespeare/input.txt
+    dataset_name: str | None = None  # a Hub text dataset (online, or in the Hugging Face cache)
+    text_column: str = "text"
+    validation_fraction: float = 0.1  # the last part of the text, held out
+
+    def __post_init__(self) -> None:
+        if self.train_file and self.dataset_name:
+            raise UserError("give either --train_file or --dataset_name, not both")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise UserError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
+
+
+class TokenBlockDataset(Dataset):
+    """Every window of block_size + 1 consecutive tokens: item i -> {"input_ids": token_ids[i : i + block_size + 1]}.
+
+    Shuffled, these are nanoGPT's random training windows.
+    """
+
+    def __init__(self, token_ids: torch.Tensor, block_size: int):
+        if token_ids.ndim != 1 or len(token_ids) <= block_size:
+            raise UserError(f"need more than block_size = {block_size} tokens of training text, got {len(token_ids)}")
+        self.token_ids = token_ids
+        self.block_size = block_size
+
+    def __len__(self) -> int:
+        return len(self.token_ids) - self.block_size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.token_ids[index : index + self.block_size + 1]}
+
+
 def load_text(train_file: str | None = None, dataset_name: str | None = None, text_column: str = "text") -> str:
     """The whole corpus as one string: a UTF-8 file, or the concatenated train split of a Hub text dataset."""
     if train_file:

@@ -106,15 +106,23 @@ def resolve_file(name_or_path: str | Path, filename: str, **download_kwargs) -> 
     return hf_hub_download(repo_id=str(name_or_path), filename=filename, **download_kwargs)
 
 
-def check_checkpoint_shapes(model: torch.nn.Module, weights_file: str) -> None:
-    """Compare a (meta) model's state dict with a safetensors header, reading no tensor data."""
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+def check_size_and_shapes(skeleton: torch.nn.Module, weights_file: str) -> None:
+    """Refuse a model (built on the meta device) over MAX_PARAMETERS, or whose tensors differ from the
+    safetensors header; reads no tensor data. A tied weight saved once, under any of its names, is enough."""
+    num_parameters = sum(p.numel() for p in skeleton.parameters())
+    if num_parameters > MAX_PARAMETERS:
+        raise ConfigError(f"config.json asks for {num_parameters:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    names_of: dict[int, list[str]] = {}  # one entry per tensor, with all its names
+    for name, tensor in [*skeleton.named_parameters(remove_duplicate=False), *skeleton.named_buffers(remove_duplicate=False)]:
+        names_of.setdefault(id(tensor), []).append(name)
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     with safe_open(weights_file, framework="pt") as f:
         found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    missing = sorted(names[0] for names in names_of.values() if not any(n in found for n in names))
+    unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ConfigError(f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [(name, expected[name], found[name]) for name in expected if expected[name] != found[name]]
+    wrong = [(name, expected[name], found[name]) for name in found if expected[name] != found[name]]
     if wrong:
         raise ConfigError(f"{weights_file} does not match its config: shape (expected, found) {wrong[:5]}")
 
@@ -190,13 +198,9 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
         if cls is not HubModel and stored_class != cls.__name__:
             raise ConfigError(f"{pretrained_model_name_or_path} holds a {stored_class}, not a {cls.__name__}")
         config = config_from_dict(cls.config_class(), values)
-        with torch.device("meta"):  # nothing is allocated until the size and shapes are checked
-            skeleton = cls(config)
-        num_parameters = sum(p.numel() for p in skeleton.parameters())
-        if num_parameters > MAX_PARAMETERS:
-            raise ConfigError(f"config.json asks for {num_parameters:,} parameters; the limit is {MAX_PARAMETERS:,}")
         weights_file = resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, **download)
-        check_checkpoint_shapes(skeleton, weights_file)
+        with torch.device("meta"):  # nothing is allocated until the size and shapes are checked
+            check_size_and_shapes(cls(config), weights_file)
         model = cls(config)
         load_safetensors_into(model, weights_file, strict=True, device=str(map_location))
         return model.eval()

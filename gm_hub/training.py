@@ -389,6 +389,7 @@ def _save_samples(model, path: Path, num_samples: int, seed: int) -> None:
     if isinstance(samples, torch.Tensor):
         save_image_grid(samples, path.with_suffix(".png"))
     else:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".txt").write_text("\n\n----\n\n".join(samples), encoding="utf-8")
 
 

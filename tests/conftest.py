@@ -19,6 +19,28 @@ TINY_VAE_FLAGS = [
     "--lr_warmup_steps", "0", "--logging_steps", "1",
 ]
 
+# Tiny flags for every family's script, for the tests that run each family the same way.
+FAMILY_SCRIPTS = {
+    "vae": ("train_vae.py", TINY_VAE_FLAGS),
+    "gan": ("train_gan.py", [
+        "--latent_dim", "8", "--hidden_channels", "8", "--train_batch_size", "8", "--discriminator_steps", "2",
+        "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0", "--logging_steps", "1",
+    ]),
+    "gpt": ("train_gpt.py", [  # {corpus}: a small text file the test writes
+        "--train_file", "{corpus}", "--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16",
+        "--sample_length", "8", "--train_batch_size", "4", "--num_sample_images", "1", "--logging_steps", "1",
+    ]),
+}
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
+
+
+def family_flags(family: str, tmp_path) -> tuple[str, list[str]]:
+    """A family's script and tiny flags, with the corpus written where the GPT needs it."""
+    script, flags = FAMILY_SCRIPTS[family]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    return script, [flag.format(corpus=corpus) for flag in flags]
+
 
 def run_script(script: str, args: list[str], num_processes: int = 1, timeout: int = 300, check: bool = True,
                **popen_kwargs) -> subprocess.CompletedProcess:

@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_script
+from conftest import run_script
 from gm_hub.data import split_text
 from gm_hub.errors import UserError
-from gm_hub.models.gpt import GPT, GPTConfig, TokenBlockDataset, train_tokenizer
+from gm_hub.data import TokenBlockDataset
+from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
 
 TEXT = "".join(
     f"{name}:\nThou art {word}, and I am {other}; say it {n} times!\n\n"
@@ -137,7 +138,6 @@ def test_training_script_runs_under_accelerate_launch(tmp_path):
     train_file = tmp_path / "corpus.txt"
     train_file.write_text(TEXT, encoding="utf-8")
     output_dir = tmp_path / "run"
-    (output_dir / "samples").mkdir(parents=True)  # the loop at a52eca7 writes text samples without mkdir
     run_script("train_gpt.py", ["--train_file", str(train_file), "--output_dir", str(output_dir),
                                 "--max_train_steps", "3", "--save_images_steps", "2", *TINY_FLAGS])
     assert (output_dir / "samples" / "step-000002.txt").is_file()

@@ -6,6 +6,7 @@ MODEL_CLASSES = {
     "DigitClassifier": "gm_hub.models.classifier",
     "VAE": "gm_hub.models.vae",
     "Generator": "gm_hub.models.gan",
+    "GPT": "gm_hub.models.gpt",
 }
 
 
