@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 MODEL_SOURCES = {
     "vae": ("GM_HUB_VAE_MODEL", ROOT / "pretrained" / "vae-mnist"),
     "gan": ("GM_HUB_GAN_MODEL", ROOT / "pretrained" / "gan-mnist"),
+    "gpt": ("GM_HUB_GPT_MODEL", ROOT / "pretrained" / "gpt-shakespeare"),
 }
 GPU_QUEUE = "gpu"  # events that run a model share one queue, so a GPU is never oversubscribed
 
@@ -105,6 +106,22 @@ def interpolate_gan(seed_a: int, seed_b: int, steps: int, spherical: bool):
     return image_grid(upscale(images.cpu()), num_columns=int(steps))
 
 
+@gpu
+def generate_text(prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  repetition_penalty: float, seed: int):
+    """Stream the GPT's continuation of `prompt`: yields the text so far (prompt included)."""
+    model = get_model("gpt").to(device())
+    text = prompt
+    try:
+        pieces = model.stream(prompt or "\n", int(max_new_tokens), float(temperature), int(top_k) or None,
+                              float(top_p) if top_p < 1 else None, float(repetition_penalty), int(seed))
+        for piece in pieces:
+            text += piece
+            yield text
+    except ValueError as err:  # e.g. characters outside a character-level vocabulary
+        raise gr.Error(str(err)) from err
+
+
 # --- layout ----------------------------------------------------------------------------------------------
 
 
@@ -152,6 +169,22 @@ def build_demo() -> gr.Blocks:
                 gan_line = gr.Image(label="Latent interpolation", type="pil")
                 gan_line_button.click(interpolate_gan, [gan_a, gan_b, gan_steps, gan_spherical], gan_line,
                                       api_name="interpolate_gan", concurrency_id=GPU_QUEUE)
+        if is_available("gpt"):
+            with gr.Tab("GPT"):
+                gr.Markdown("A small GPT (Radford et al.) trained from scratch on tiny Shakespeare, one token per "
+                            "character; a stock transformers model.")
+                gpt_prompt = gr.Textbox(value="ROMEO:\n", lines=3, label="Prompt")
+                with gr.Row():
+                    gpt_tokens = gr.Slider(16, 1024, value=300, step=16, label="New tokens")
+                    gpt_temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0: greedy)")
+                    gpt_top_k = gr.Slider(0, 100, value=0, step=1, label="Top-k (0: off)")
+                    gpt_top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (1: off)")
+                    gpt_penalty = gr.Slider(1, 2, value=1, step=0.05, label="Repetition penalty")
+                    gpt_seed = gr.Number(value=0, precision=0, label="Seed")
+                gpt_button = gr.Button("Generate", variant="primary")
+                gpt_text = gr.Textbox(lines=14, label="Text")
+                gpt_button.click(generate_text, [gpt_prompt, gpt_tokens, gpt_temperature, gpt_top_k, gpt_top_p, gpt_penalty,
+                                                 gpt_seed], gpt_text, api_name="generate_text", concurrency_id=GPU_QUEUE)
         if not any(is_available(family) for family in MODEL_SOURCES):
             gr.Markdown("No models found: train one (`gm-hub train vae`) and save it under `pretrained/`.")
     return demo

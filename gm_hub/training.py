@@ -76,7 +76,7 @@ class TrainingConfig:
     lr_warmup_steps: int = 100
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
-    adam_weight_decay: float = 0.0
+    adam_weight_decay: float = 0.0  # decoupled (AdamW), on matrices and embeddings, not biases or norms
     max_grad_norm: float = 1.0  # 0 disables clipping
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_accumulation_steps: int = 1
@@ -373,6 +373,14 @@ def _make_accelerator(config: TrainingConfig, multi_player: bool) -> Accelerator
     )
 
 
+def _decay_groups(parameters: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Weight decay on matrices, kernels and embeddings only; biases and norm scales (1-D) are not decayed."""
+    return [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
 def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every process (all must agree to skip, or DDP would hang)."""
     finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -451,8 +459,8 @@ def train(
     # Batches one training step consumes on each process: every player's steps, each accumulated.
     batches_per_step = sum(p.steps for p in players) * config.gradient_accumulation_steps
     optimizers = [
-        torch.optim.AdamW(p.parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                          weight_decay=config.adam_weight_decay)
+        torch.optim.AdamW(_decay_groups(p.parameters, config.adam_weight_decay), lr=config.learning_rate,
+                          betas=(config.adam_beta1, config.adam_beta2))
         for p in players
     ]
     model, loader, *optimizers = accelerator.prepare(model, loader, *optimizers)

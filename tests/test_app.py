@@ -33,10 +33,24 @@ def tiny_gan(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_gpt(tmp_path_factory):
+    from conftest import CORPUS
+    from gm_hub.data import split_text
+    from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("app") / "gpt"
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, sample_length=8)
+    GPT(config, train_tokenizer(config, *split_text(CORPUS))).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
-def app_module(tiny_vae, tiny_gan, monkeypatch):
+def app_module(tiny_vae, tiny_gan, tiny_gpt, monkeypatch):
     monkeypatch.setenv("GM_HUB_VAE_MODEL", str(tiny_vae))
     monkeypatch.setenv("GM_HUB_GAN_MODEL", str(tiny_gan))
+    monkeypatch.setenv("GM_HUB_GPT_MODEL", str(tiny_gpt))
     sys.path.insert(0, str(REPO_ROOT))
     import app
 
@@ -63,10 +77,19 @@ def test_gan_handlers(app_module):
     assert line.size == (2 + 4 * 86, 2 + 86)
 
 
+def test_gpt_streams_the_same_text_as_generate(app_module):
+    updates = list(app_module.generate_text("Speak", 20, 0.8, 0, 1.0, 1.0, 3))
+    assert len(updates) > 1 and all(u.startswith("Speak") for u in updates)
+    expected = app_module.get_model("gpt").generate("Speak", 20, temperature=0.8, seed=3)
+    assert updates[-1] == "Speak" + expected
+    with pytest.raises(app_module.gr.Error, match="outside"):
+        list(app_module.generate_text("Speak \u00e9", 5, 0.8, 0, 1.0, 1.0, 0))
+
+
 def test_demo_has_a_tab_and_named_endpoints(app_module):
     demo = app_module.build_demo()
     api_names = {dependency.api_name for dependency in demo.fns.values()}
-    assert {"sample_vae", "interpolate_vae", "sample_gan", "interpolate_gan"} <= api_names
+    assert {"sample_vae", "interpolate_vae", "sample_gan", "interpolate_gan", "generate_text"} <= api_names
 
 
 def free_port() -> int:

@@ -204,3 +204,13 @@ def test_ema_tracks_the_average_and_restores_the_live_weights():
     restored = EMA([parameter], decay=0.5)
     restored.load_state_dict(ema.state_dict())
     assert torch.equal(restored.shadow[0], ema.shadow[0]) and restored.num_updates == 3
+
+
+def test_weight_decay_spares_biases_and_norm_scales():
+    from gm_hub.training import _decay_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(5, 4))
+    decayed, spared = _decay_groups(list(model.parameters()), 0.1)
+    assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+    assert {p.ndim for p in decayed["params"]} == {2} and len(decayed["params"]) == 2  # Linear and Embedding weights
+    assert len(spared["params"]) == 3  # Linear bias, LayerNorm weight and bias
