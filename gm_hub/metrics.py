@@ -350,3 +350,13 @@ def evaluate_model(model, accelerator, dataset: Dataset, evaluation: EvaluationC
         classifier = load_digit_classifier(evaluation.classifier, _device(model))
         metrics.update(sample_metrics(samples, reference, train_images, classifier, evaluation.confidence_threshold))
     return metrics
+
+
+def image_evaluation(data, validation_set: Dataset, evaluation: EvaluationConfig):
+    """What every image training script hands the loop: eval_fn(model, accelerator) scoring on the test set
+    (if `--eval_data_dir` is given) or the validation split, and the model card's data description."""
+    from .data import dataset_tags, evaluation_dataset
+
+    dataset, name = evaluation_dataset(data, validation_set)
+    eval_fn = functools.partial(evaluate_model, dataset=dataset, evaluation=evaluation)
+    return eval_fn, {"metrics_dataset": name, "datasets": dataset_tags(data)}

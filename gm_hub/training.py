@@ -24,7 +24,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -34,7 +33,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

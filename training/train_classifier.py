@@ -7,10 +7,8 @@ It trains on the training split of the embedded 5,000 MNIST digits with random a
 reports its accuracy on the MNIST test set (or on the validation split without --eval_data_dir).
 """
 
-from functools import partial
-
-from gm_hub.data import ImageDataConfig, dataset_tags, evaluation_dataset, load_image_datasets
-from gm_hub.metrics import EvaluationConfig, evaluate_model
+from gm_hub.data import ImageDataConfig, load_image_datasets
+from gm_hub.metrics import EvaluationConfig, image_evaluation
 from gm_hub.models.classifier import TRAINING_DEFAULTS, DigitClassifier, DigitClassifierConfig
 from gm_hub.training import TrainingConfig, parse_args, run_main, set_seed, train
 
@@ -21,15 +19,9 @@ def main(argv: list[str] | None = None) -> None:
         defaults=TRAINING_DEFAULTS,
     )
     train_set, validation_set = load_image_datasets(data)
-    eval_set, eval_name = evaluation_dataset(data, validation_set)
+    eval_fn, card = image_evaluation(data, validation_set, evaluation)
     set_seed(training.seed)  # before building the model: the initial weights belong to the run
-    train(
-        DigitClassifier(model_config),
-        train_set,
-        training,
-        eval_fn=partial(evaluate_model, dataset=eval_set, evaluation=evaluation),
-        model_card_kwargs={"metrics_dataset": eval_name, "datasets": dataset_tags(data)},
-    )
+    train(DigitClassifier(model_config), train_set, training, eval_fn=eval_fn, model_card_kwargs=card)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ Family defaults (Adam lr 2e-4, beta1 0.5, a constant schedule, EMA of G for samp
 `gm_hub.models.gan.TRAINING_DEFAULTS`; every flag still overrides them.
 """
 
-from functools import partial
-
-from gm_hub.data import ImageDataConfig, dataset_tags, evaluation_dataset, load_image_datasets
-from gm_hub.metrics import EvaluationConfig, evaluate_model
+from gm_hub.data import ImageDataConfig, load_image_datasets
+from gm_hub.metrics import EvaluationConfig, image_evaluation
 from gm_hub.models.gan import (
     DISCRIMINATOR,
     GAN,
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         argv, description=__doc__, defaults=TRAINING_DEFAULTS,
     )
     train_set, validation_set = load_image_datasets(data)
-    eval_set, eval_name = evaluation_dataset(data, validation_set)
+    eval_fn, card = image_evaluation(data, validation_set, evaluation)
     set_seed(training.seed)  # before building the model: the initial weights belong to the run
     gan = GAN(generator_config, discriminator_config, adversarial)
     players = [
@@ -42,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         train_set,
         training,
         players=players,
-        eval_fn=partial(evaluate_model, dataset=eval_set, evaluation=evaluation),
-        model_card_kwargs={"metrics_dataset": eval_name, "datasets": dataset_tags(data)},
+        eval_fn=eval_fn,
+        model_card_kwargs=card,
     )
 
 

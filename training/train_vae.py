@@ -4,10 +4,8 @@
     accelerate launch training/train_vae.py --num_flows 4 --eval_data_dir ../shared/data/mnist
 """
 
-from functools import partial
-
-from gm_hub.data import ImageDataConfig, dataset_tags, evaluation_dataset, load_image_datasets
-from gm_hub.metrics import EvaluationConfig, evaluate_model
+from gm_hub.data import ImageDataConfig, load_image_datasets
+from gm_hub.metrics import EvaluationConfig, image_evaluation
 from gm_hub.models.vae import VAE, VAEConfig
 from gm_hub.training import TrainingConfig, parse_args, run_main, set_seed, train
 
@@ -17,15 +15,9 @@ def main(argv: list[str] | None = None) -> None:
         [TrainingConfig, ImageDataConfig, EvaluationConfig, VAEConfig], argv, description=__doc__
     )
     train_set, validation_set = load_image_datasets(data)
-    eval_set, eval_name = evaluation_dataset(data, validation_set)
+    eval_fn, card = image_evaluation(data, validation_set, evaluation)
     set_seed(training.seed)  # before building the model: the initial weights belong to the run
-    train(
-        VAE(model_config),
-        train_set,
-        training,
-        eval_fn=partial(evaluate_model, dataset=eval_set, evaluation=evaluation),
-        model_card_kwargs={"metrics_dataset": eval_name, "datasets": dataset_tags(data)},
-    )
+    train(VAE(model_config), train_set, training, eval_fn=eval_fn, model_card_kwargs=card)
 
 
 if __name__ == "__main__":
