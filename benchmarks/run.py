@@ -33,7 +33,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 SAMPLE_COUNTS = (1, 16, 64)
-INCLUDED_RESULTS = ("gan_results.md", "gpt_results.md")  # written by the family engineers, shown as they are
+INCLUDED_RESULTS = ("vae_results.md", "gan_results.md", "gpt_results.md")  # written by the family engineers, shown as they are
 
 logger = logging.getLogger("benchmarks")
 
@@ -445,7 +445,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
     given = dict(item.split("=", 1) for item in args.model)
-    from gm_hub.data import ImageDataset
     from gm_hub.hub import load_model
     from gm_hub.metrics import PixelGaussianBaseline, classifier_accuracy, load_digit_classifier, sample_metrics
 

@@ -330,8 +330,11 @@ def find_resume_checkpoint(output_dir: str, resume_from_checkpoint: str) -> Path
     return None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit: int | None) -> Path:
-    """Write checkpoint-{step} atomically: temporary folder, manifest of sizes and hashes, rename."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit: int | None,
+                    training_seconds: float = 0.0) -> Path:
+    """Write checkpoint-{step} atomically: temporary folder, manifest of sizes and hashes, rename.
+
+    The manifest also keeps the step and the training time so far, which a resumed run continues from."""
     final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     temporary = Path(output_dir) / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
@@ -341,7 +344,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {str(p.relative_to(temporary)): (p.stat().st_size, _sha256(p)) for p in temporary.rglob("*") if p.is_file()}
-        (temporary / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        (temporary / MANIFEST_NAME).write_text(json.dumps({"step": step, "training_seconds": training_seconds, "files": files}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         if limit is not None:
@@ -478,14 +481,15 @@ def train(
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    global_step = 0
+    global_step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     if config.resume_from_checkpoint:
         checkpoint = find_resume_checkpoint(config.output_dir, config.resume_from_checkpoint)
         if checkpoint is None:
             logger.info("no checkpoint in %s: starting from scratch", config.output_dir)
         else:
             accelerator.load_state(str(checkpoint))
-            global_step = json.loads((checkpoint / MANIFEST_NAME).read_text())["step"]
+            manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
+            global_step, seconds_before = manifest["step"], manifest.get("training_seconds", 0.0)
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process and config.report_to:
         flat = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
@@ -566,16 +570,17 @@ def train(
                 with open(history_file, "a") as f:
                     f.write(json.dumps({"step": global_step, "time": time.perf_counter() - start, **logs}) + "\n")
         if global_step % config.checkpointing_steps == 0 and global_step < max_train_steps:
-            save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+            save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit,
+                            seconds_before + time.perf_counter() - start)
         if config.save_images_steps and global_step % config.save_images_steps == 0 and accelerator.is_main_process:
             with _averaged(ema, unwrapped):
                 unwrapped.eval()
                 _save_samples(unwrapped, output_dir / "samples" / f"step-{global_step:06d}", config.num_sample_images, config.seed or 0)
                 unwrapped.train()
     progress.close()
-    training_seconds = time.perf_counter() - start
+    training_seconds = seconds_before + time.perf_counter() - start
 
-    save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+    save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit, training_seconds)
     # Replicas must hold identical weights (DDP syncs gradients); the checksums make that visible.
     checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum().reshape(1)
     replica_checksums = accelerator.gather(checksum.to(accelerator.device)).tolist()

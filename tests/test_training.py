@@ -80,6 +80,9 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(tmp_path):
     assert steps and max(steps) < 40
 
     run_script("train_vae.py", ["--output_dir", str(crashed), "--resume_from_checkpoint", "latest", *flags])
+    seconds = [json.loads((d / "logs" / "run.json").read_text())["training_seconds"] for d in (reference, crashed)]
+    kept = json.loads((sorted(list_checkpoints(crashed))[0] / MANIFEST_NAME).read_text())
+    assert seconds[1] > kept["training_seconds"] > 0  # the resumed run's time includes the time before the crash
     expected, resumed = final_weights(reference), final_weights(crashed)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)  # bitwise on the CPU
