@@ -33,6 +33,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 SAMPLE_COUNTS = (1, 16, 64)
+BENCHMARKS_DIR = Path(__file__).resolve().parent  # results.json, plots/ and the family sections live here
 INCLUDED_RESULTS = ("vae_results.md", "gan_results.md", "gpt_results.md")  # written by the family engineers, shown as they are
 
 logger = logging.getLogger("benchmarks")
@@ -75,7 +76,8 @@ def build_gpt(saved_config: dict | None):
     from gm_hub.hub import config_from_dict
     from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
 
-    config = config_from_dict(GPTConfig, saved_config) if saved_config else GPTConfig()
+    # A saved GPT is a stock transformers config.json; gm-hub's settings sit under its "gm_hub" key.
+    config = config_from_dict(GPTConfig, saved_config["gm_hub"]) if saved_config else GPTConfig()
     return GPT(config, train_tokenizer(config, _shakespeare()))
 
 
@@ -362,11 +364,12 @@ def write_report(results: dict, output_dir: Path) -> None:
                 if key in family["quality"]:
                     lines.append(f"| {title} | {fmt.format(family['quality'][key])} |")
         lines.append("")
-    plots = sorted(p.name for p in (output_dir / "plots").glob("*.png"))
+    plots = sorted(p.name for p in (BENCHMARKS_DIR / "plots").glob("*.png"))
+    plots_link = os.path.relpath(BENCHMARKS_DIR / "plots", output_dir)
     if plots:
-        lines += ["## Plots", "", *[f"![{p}](plots/{p})" for p in plots], ""]
+        lines += ["## Plots", "", *[f"![{p}]({plots_link}/{p})" for p in plots], ""]
     for filename in INCLUDED_RESULTS:
-        path = output_dir / filename
+        path = BENCHMARKS_DIR / filename
         if path.is_file():
             lines += [f"## From `benchmarks/{filename}`", "", path.read_text().strip(), ""]
     (output_dir / "BENCHMARKS.md").write_text("\n".join(lines))
@@ -378,7 +381,7 @@ def write_plots(results: dict, histories: dict[str, Path], output_dir: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = output_dir / "plots"
+    plots = BENCHMARKS_DIR / "plots"
     plots.mkdir(exist_ok=True)
     if results["families"]:
         figure, axis = plt.subplots(figsize=(5, 3.5))
@@ -423,7 +426,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", action="append", default=[], metavar="FAMILY=PATH", help="score this folder or repo id")
     parser.add_argument("--families", nargs="+", help="only these families (default: every family present)")
     parser.add_argument("--eval_data_dir", default=str(DEFAULT_EVAL_DATA_DIR), help="MNIST test set IDX files")
-    parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--output_dir", default=str(REPO_ROOT), help="where BENCHMARKS.md goes (results.json and plots/ stay in benchmarks/)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num_threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--batch_size", type=int, default=64, help="training batch for the throughput runs")
@@ -462,10 +465,9 @@ def main(argv: list[str] | None = None) -> None:
         "data": description, "quality": quality, "families": {},
         "classifier": {"accuracy": classifier_accuracy(classifier, test), "num_images": len(test), "dataset": description.split(":")[0]},
     }
-    histories = {}
-    classifier_history = Path(__file__).resolve().parent / "data" / "classifier-history.jsonl"
-    if classifier_history.is_file():
-        histories["classifier"] = classifier_history
+    # Training curves kept beside the benchmarks (data/<name>-history.jsonl, copied from the runs' logs/).
+    histories = {path.name.removesuffix("-history.jsonl"): path
+                 for path in sorted((Path(__file__).resolve().parent / "data").glob("*-history.jsonl"))}
     for family in FAMILIES:
         if args.families and family.name not in args.families or not family_present(family):
             continue
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
                 histories[family.name] = Path(folder) / "logs" / "history.jsonl"
         results["families"][family.name] = entry
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (BENCHMARKS_DIR / "results.json").write_text(json.dumps(results, indent=1))
     write_plots(results, histories, output_dir)
     write_report(results, output_dir)
     logger.info("wrote %s", output_dir / "BENCHMARKS.md")

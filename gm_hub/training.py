@@ -403,6 +403,13 @@ def _save_samples(model, path: Path, num_samples: int, seed: int) -> None:
         path.with_suffix(".txt").write_text("\n\n----\n\n".join(samples), encoding="utf-8")
 
 
+def _truncate_history(history_file: Path, step: int) -> None:
+    """Drop the rows a crashed run logged after the checkpoint it resumes from (they are logged again)."""
+    if history_file.is_file():
+        rows = [line for line in history_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        history_file.write_text("".join(row + "\n" for row in rows))
+
+
 def plot_history(history_file: Path, output_file: Path) -> None:
     """A PNG of every logged loss against the step, from the run's history.jsonl."""
     import matplotlib
@@ -490,6 +497,8 @@ def train(
             accelerator.load_state(str(checkpoint))
             manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
             global_step, seconds_before = manifest["step"], manifest.get("training_seconds", 0.0)
+            if accelerator.is_main_process:
+                _truncate_history(output_dir / "logs" / HISTORY_NAME, global_step)
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process and config.report_to:
         flat = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}

@@ -80,6 +80,8 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(tmp_path):
     assert steps and max(steps) < 40
 
     run_script("train_vae.py", ["--output_dir", str(crashed), "--resume_from_checkpoint", "latest", *flags])
+    steps = [json.loads(line)["step"] for line in (crashed / "logs" / "history.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 41, 5))  # the crashed run's rows past its checkpoint are gone, none twice
     seconds = [json.loads((d / "logs" / "run.json").read_text())["training_seconds"] for d in (reference, crashed)]
     kept = json.loads((sorted(list_checkpoints(crashed))[0] / MANIFEST_NAME).read_text())
     assert seconds[1] > kept["training_seconds"] > 0  # the resumed run's time includes the time before the crash
