@@ -128,7 +128,8 @@ def generate_text(prompt: str, max_new_tokens: int, temperature: float, top_k: i
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="gm-hub: generative models") as demo:
         gr.Markdown(
-            "# gm-hub\nFive families of generative models, trained with accelerate and shared on the Hub. "
+            "# gm-hub\nGenerative models of several families (so far a VAE, a GAN and a GPT), trained with "
+            "accelerate and shared on the Hub. "
             f"Running on **{device().type.upper()}**."
         )
         if is_available("vae"):
