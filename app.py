@@ -140,14 +140,14 @@ def build_demo() -> gr.Blocks:
                     vae_seed = gr.Number(value=0, precision=0, label="Seed")
                     vae_mode = gr.Checkbox(value=True, label="Most likely pixels (untick for true samples with pixel noise)")
                 vae_button = gr.Button("Sample", variant="primary")
-                vae_grid = gr.Image(label="Samples", type="pil")
+                vae_grid = gr.Image(label="Samples", type="pil", format="png")
                 vae_button.click(sample_vae, [vae_count, vae_seed, vae_mode], vae_grid, api_name="sample_vae", concurrency_id=GPU_QUEUE)
                 with gr.Row():
                     vae_a = gr.Slider(0, 9, value=1, step=1, label="From digit")
                     vae_b = gr.Slider(0, 9, value=7, step=1, label="To digit")
                     vae_steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
                 vae_line_button = gr.Button("Interpolate")
-                vae_line = gr.Image(label="Latent interpolation", type="pil")
+                vae_line = gr.Image(label="Latent interpolation", type="pil", format="png")
                 vae_line_button.click(interpolate_vae, [vae_a, vae_b, vae_steps], vae_line, api_name="interpolate_vae",
                                       concurrency_id=GPU_QUEUE)
         if is_available("gan"):
@@ -158,7 +158,7 @@ def build_demo() -> gr.Blocks:
                     gan_seed = gr.Number(value=0, precision=0, label="Seed")
                     gan_truncation = gr.Slider(0, 3, value=0, step=0.1, label="Truncation (0: none)")
                 gan_button = gr.Button("Sample", variant="primary")
-                gan_grid = gr.Image(label="Samples", type="pil")
+                gan_grid = gr.Image(label="Samples", type="pil", format="png")
                 gan_button.click(sample_gan, [gan_count, gan_seed, gan_truncation], gan_grid, api_name="sample_gan",
                                  concurrency_id=GPU_QUEUE)
                 with gr.Row():
@@ -167,7 +167,7 @@ def build_demo() -> gr.Blocks:
                     gan_steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
                     gan_spherical = gr.Checkbox(value=True, label="Spherical")
                 gan_line_button = gr.Button("Interpolate")
-                gan_line = gr.Image(label="Latent interpolation", type="pil")
+                gan_line = gr.Image(label="Latent interpolation", type="pil", format="png")
                 gan_line_button.click(interpolate_gan, [gan_a, gan_b, gan_steps, gan_spherical], gan_line,
                                       api_name="interpolate_gan", concurrency_id=GPU_QUEUE)
         if is_available("gpt"):
