@@ -453,6 +453,8 @@ def train(
     players = players or [Player("model", list(model.parameters()))]
     multi_player = len(players) > 1
     accelerator = _make_accelerator(config, multi_player)
+    if config.mixed_precision == "fp16" and not accelerator.native_amp:
+        raise UserError(f"--mixed_precision fp16 needs a GPU; on the {accelerator.device.type.upper()} use bf16")
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:

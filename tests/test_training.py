@@ -154,7 +154,9 @@ def test_nonfinite_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
 def test_bad_flags_give_one_line(tmp_path):
     for flags, message in [(["--max_train_steps", "-5"], "--max_train_steps must be positive"),
                            (["--train_data_dir", str(tmp_path / "nope")], "is not a folder"),
-                           (["--mixed_precision", "fp8"], "--mixed_precision must be")]:
+                           (["--mixed_precision", "fp8"], "--mixed_precision must be"),
+                           *([(["--mixed_precision", "fp16"], "fp16 needs a GPU; on the CPU use bf16")]
+                             if not torch.cuda.is_available() else [])]:
         result = subprocess.run([sys.executable, "training/train_vae.py", *flags], cwd=REPO_ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
