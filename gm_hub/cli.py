@@ -53,17 +53,23 @@ def sample(model_name: str, num_samples: int, seed: int, output: str, device: st
 
 
 def evaluate(model_name: str, flags: list[str], write_card: bool) -> None:
-    from .data import ImageDataConfig, evaluation_dataset, load_image_datasets
+    from .data import ImageDataConfig, TextDataConfig, evaluation_dataset, load_image_datasets, load_text, split_text
     from .hub import load_model, update_model_card_metrics
     from .metrics import EvaluationConfig, evaluate_model
     from .training import parse_args
 
     model = load_model(model_name)
-    data_defaults = {"resolution": model.config.resolution, "num_channels": model.config.num_channels}
-    data, evaluation = parse_args([ImageDataConfig, EvaluationConfig], flags, defaults=data_defaults)
-    _, validation_set = load_image_datasets(data) if not data.eval_data_dir else (None, None)
-    dataset, dataset_name = evaluation_dataset(data, validation_set)
-    metrics = evaluate_model(model, None, dataset, evaluation)
+    if hasattr(model.config, "resolution"):  # an image model: the test set or the embedded validation split
+        data_defaults = {"resolution": model.config.resolution, "num_channels": model.config.num_channels}
+        data, evaluation = parse_args([ImageDataConfig, EvaluationConfig], flags, defaults=data_defaults)
+        _, validation_set = load_image_datasets(data) if not data.eval_data_dir else (None, None)
+        dataset, dataset_name = evaluation_dataset(data, validation_set)
+        metrics = evaluate_model(model, None, dataset, evaluation)
+    else:  # a text model: the held-out end of a text
+        data, evaluation = parse_args([TextDataConfig, EvaluationConfig], flags)
+        _, validation_text = split_text(load_text(data.train_file, data.dataset_name, data.text_column), data.validation_fraction)
+        metrics = model.evaluate(validation_text)
+        dataset_name = f"last {data.validation_fraction:.0%} of {data.train_file or data.dataset_name}"
     print(json.dumps({"model": str(model_name), "dataset": dataset_name, **metrics}, indent=2))
     if write_card:
         update_model_card_metrics(Path(model_name), model, metrics, dataset_name)

@@ -206,6 +206,57 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
         return model.eval()
 
 
+def card_data(
+    *, library_name: str, tags: list[str], pipeline_tag: str, model_name: str, datasets: list[str] | None,
+    metrics: dict[str, float], metrics_dataset: str, training_command: str | None, training_time: str | None,
+) -> ModelCardData:
+    """The YAML metadata of every gm-hub card: library, tags, datasets, and the metrics in model-index form."""
+    return ModelCardData(
+        library_name=library_name,
+        license="mit",
+        tags=tags,
+        datasets=datasets or None,
+        pipeline_tag=pipeline_tag,
+        model_name=model_name,
+        # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
+        gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset},
+        eval_results=[
+            EvalResult(task_type=pipeline_tag or "other", dataset_type=(datasets or ["custom"])[0], dataset_name=metrics_dataset,
+                       metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
+            for metric, value in metrics.items()
+        ]
+        or None,
+    )
+
+
+def card_training_and_metrics(config: Any, metrics: dict[str, float], metrics_dataset: str, training_command: str | None,
+                              training_time: str | None, metrics_note: str = "") -> str:
+    """The card's "Training" (command, time, config) and "Metrics" sections, in markdown."""
+    rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
+    command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
+    time_line = f"\nTraining time: {training_time}.\n" if training_time else ""
+    return f"""## Training
+
+{command}
+{time_line}
+Config:
+
+```json
+{json.dumps(dataclasses.asdict(config), indent=2)}
+```
+
+## Metrics ({metrics_dataset})
+
+{metrics_note}
+
+| metric | value |
+|---|---|
+{rows}
+
+Library: [gm-hub]({REPO_URL}).
+"""
+
+
 def make_model_card(
     model: HubModel,
     metrics: dict[str, float] | None = None,
@@ -219,38 +270,21 @@ def make_model_card(
     metrics = metrics or {}
     generative = hasattr(model, "sample")  # the digit classifier is a gm-hub model that generates nothing
     name = f"gm-hub {model.family or type(model).__name__}"
-    card_data = ModelCardData(
+    metadata = card_data(
         library_name="gm-hub",
-        license="mit",
         tags=sorted({"gm-hub", "pytorch_model_hub_mixin", model.family, "generative-model" if generative else ""} - {""}),
-        datasets=datasets or list(model.dataset_tags),
         pipeline_tag=type(model)._hub_mixin_info.model_card_data.pipeline_tag,
         model_name=name,
-        # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
-        gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset},
-        eval_results=[
-            EvalResult(
-                task_type=type(model)._hub_mixin_info.model_card_data.pipeline_tag or "other",
-                dataset_type=(datasets or list(model.dataset_tags))[0],
-                dataset_name=metrics_dataset,
-                metric_type=metric,
-                metric_name=metric,
-                metric_value=round(float(value), 6),
-            )
-            for metric, value in metrics.items()
-        ]
-        or None,
+        datasets=datasets or list(model.dataset_tags),
+        metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
     )
-    doc = inspect.cleandoc(type(model).__doc__ or "")
-    config = json.dumps(dataclasses.asdict(model.config), indent=2) if dataclasses.is_dataclass(getattr(model, "config", None)) else "{}"
-    rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
     content = f"""---
-{card_data.to_yaml()}
+{metadata.to_yaml()}
 ---
 
 # {name}
 
-{doc}
+{inspect.cleandoc(type(model).__doc__ or "")}
 
 {f"![samples]({SAMPLE_GRID_NAME})" if generative else ""}
 
@@ -265,35 +299,18 @@ model = load_model("path/or/repo-id")  # strict, safetensors only
  "features, probabilities, labels = model.predict(images)  # uint8 (N, C, H, W) -> (N, F), (N, classes), (N,)"}
 ```
 
-## Training
-
-{f"```bash{chr(10)}{training_command}{chr(10)}```" if training_command else "Not recorded."}
-{f"{chr(10)}Training time: {training_time}.{chr(10)}" if training_time else ""}
-Config:
-
-```json
-{config}
-```
-
-## Metrics ({metrics_dataset})
-
-| metric | value |
-|---|---|
-{rows}
-
-Library: [gm-hub]({REPO_URL}).
-"""
+{card_training_and_metrics(model.config, metrics, metrics_dataset, training_command, training_time)}"""
     return ModelCard(content)
 
 
-def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, float], metrics_dataset: str) -> None:
+def update_model_card_metrics(folder: Path, model, metrics: dict[str, float], metrics_dataset: str) -> None:
     """Rewrite a saved model's README.md with new metrics, keeping how it was trained."""
     card_path = Path(folder) / "README.md"
     if not Path(folder).is_dir():
         raise UserError(f"--write_card needs a local model folder, got {folder}")
     previous = ModelCard.load(card_path).data.to_dict() if card_path.is_file() else {}
     info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset}
-    make_model_card(model, metrics=metrics, datasets=previous.get("datasets"), **info).save(card_path)
+    model.generate_model_card(metrics=metrics, datasets=previous.get("datasets"), **info).save(card_path)
 
 
 def load_model(name_or_path: str | Path, **kwargs):

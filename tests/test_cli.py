@@ -67,3 +67,22 @@ def test_bad_arguments_give_one_clear_line(saved, args, message):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_evaluate_a_text_model_on_the_held_out_text(tmp_path):
+    from conftest import CORPUS
+    from gm_hub.data import split_text
+    from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, sample_length=8)
+    model = GPT(config, train_tokenizer(config, *split_text(CORPUS)))
+    model.save_pretrained(tmp_path / "gpt")
+    result = gm_hub("evaluate", tmp_path / "gpt", "--train_file", corpus, "--write_card")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    expected = model.evaluate(split_text(CORPUS)[1])
+    assert metrics["validation_loss"] == pytest.approx(expected["validation_loss"], rel=1e-5)
+    assert f"{metrics['validation_loss']:.4f}" in (tmp_path / "gpt" / "README.md").read_text()
+    assert gm_hub("evaluate", tmp_path / "gpt").returncode == 2  # no text given: one clear line

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors.torch import load_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TextIteratorStreamer
@@ -50,6 +50,8 @@ from ..hub import (
     REPO_URL,
     WEIGHTS_NAME,
     ConfigError,
+    card_data,
+    card_training_and_metrics,
     check_size_and_shapes,
     config_from_dict,
     resolve_file,
@@ -336,21 +338,14 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="transformers", repo_url
         """README.md: YAML metadata (library, tags, datasets, model-index metrics), then use, training, metrics."""
         metrics = metrics or {}
         name = "gm-hub GPT"
-        card_data = ModelCardData(
-            library_name="transformers", license="mit", pipeline_tag="text-generation", model_name=name,
-            tags=["gm-hub", "gpt", "gpt2", "text-generation", f"{self.config.tokenizer}-level"],
-            datasets=datasets or None,
-            eval_results=[
-                EvalResult(task_type="text-generation", dataset_type=(datasets or ["text"])[0], dataset_name=metrics_dataset,
-                           metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
-                for metric, value in metrics.items()
-            ] or None,
+        metadata = card_data(
+            library_name="transformers", pipeline_tag="text-generation", model_name=name,
+            tags=["gm-hub", "gpt", "gpt2", "text-generation", f"{self.config.tokenizer}-level"], datasets=datasets,
+            metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
         )
-        rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured) | |"
         sample = self.sample(1, generator=torch.Generator().manual_seed(0))[0]
-        command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
         return ModelCard(f"""---
-{card_data.to_yaml()}
+{metadata.to_yaml()}
 ---
 
 # {name}
@@ -386,23 +381,6 @@ A sample (seed 0, temperature 1):
 {sample}
 ```
 
-## Training
-
-{command}
-{f"{chr(10)}Training time: {training_time}.{chr(10)}" if training_time else ""}
-Config (`gm_hub` in config.json):
-
-```json
-{json.dumps(dataclasses.asdict(self.config), indent=2)}
-```
-
-## Metrics ({metrics_dataset})
-
-Validation loss in nats per character and bits per character (for BPE: nats per token x tokens per character).
-
-| metric | value |
-|---|---|
-{rows}
-
-Library: [gm-hub]({REPO_URL}).
-""")
+{card_training_and_metrics(self.config, metrics, metrics_dataset, training_command, training_time,
+                           "Validation loss in nats per character and bits per character "
+                           "(for BPE: nats per token x tokens per character).")}""")
