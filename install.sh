@@ -6,9 +6,10 @@ cd "$(dirname "$0")"
 python=${PYTHON:-python3}
 if ! "$python" -c "import torch" 2>/dev/null; then
   if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-    # A CPU wheel that pip already knows locally (find-links), else PyTorch's CPU index.
-    "$python" -m pip install --no-index "torch==2.13.0" 2>/dev/null \
-      || "$python" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    # The "+cpu" build: a wheel pip already knows locally (find-links), else PyTorch's CPU index. PyPI has no
+    # "+cpu" version, so this can never pull the CUDA build; torch's own dependencies come from the usual index.
+    "$python" -m pip install "torch==2.13.0+cpu" \
+      || "$python" -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   fi
 fi
 extras=""
