@@ -1,0 +1,95 @@
+"""The family registry: one record per family, read by the CLI, the demo, the evaluation, the benchmarks and the tests.
+
+A new family is its model file, its training script, its demo tab and one `Family` record here. Records name
+modules and classes as strings, so reading the registry imports no model code.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # the shipped folders, in a source checkout
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the rest of gm-hub needs to know about a family of models."""
+
+    name: str  # the CLI's name: gm-hub train NAME, training/train_NAME.py
+    title: str  # shown in the demo and the tables
+    model_class: str  # "module:Class" of the published model, e.g. "gm_hub.models.vae:VAE"
+    produces: str  # "images", "text", or "labels" (the digit classifier, which judges the others)
+    likelihood: str  # "exact", "bound" (log_prob is a lower bound) or "none"
+    conditional: bool = False  # sample() and log_prob() take a class label
+    shipped_model: str | None = None  # folder under pretrained/ of the trained model the demo uses
+    demo_tab: str | None = None  # module with the family's demo tab
+    training_defaults: dict[str, Any] = field(default_factory=dict)  # TrainingConfig values that suit the family
+    training_module: str | None = None  # a training-only class, when it is not model_class (the GAN's G and D)
+
+    def __post_init__(self) -> None:
+        if self.produces not in ("images", "text", "labels"):
+            raise ValueError(f"produces must be 'images', 'text' or 'labels', got {self.produces!r}")
+        if self.likelihood not in ("exact", "bound", "none"):
+            raise ValueError(f"likelihood must be 'exact', 'bound' or 'none', got {self.likelihood!r}")
+
+    @property
+    def class_name(self) -> str:
+        return self.model_class.split(":")[1]
+
+    @property
+    def training_script(self) -> str:
+        return f"train_{self.name}.py"
+
+    def load_class(self) -> type:
+        module, name = self.model_class.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def shipped_path(self) -> Path | None:
+        return PRETRAINED_DIR / self.shipped_model if self.shipped_model else None
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add (or replace) a family; a test adds a toy family this way alone."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise UserError(f"unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def family_of_class(class_name: str) -> Family:
+    """The family whose published model class is `class_name` (as saved in a folder's marker)."""
+    for family in FAMILIES.values():
+        if family.class_name == class_name:
+            return family
+    raise UserError(f"unknown model class {class_name!r}; gm-hub has {sorted(f.class_name for f in FAMILIES.values())}")
+
+
+register(Family(
+    name="vae", title="VAE", model_class="gm_hub.models.vae:VAE", produces="images", likelihood="bound",
+    shipped_model="vae-mnist", demo_tab="gm_hub.demo.vae",
+))
+register(Family(
+    name="gan", title="GAN", model_class="gm_hub.models.gan:Generator", produces="images", likelihood="none",
+    shipped_model="gan-mnist", demo_tab="gm_hub.demo.gan", training_module="gm_hub.models.gan:GAN",
+    # Adam as in DCGAN, a constant learning rate, no clipping, and an EMA of G for sampling.
+    training_defaults={"learning_rate": 2e-4, "adam_beta1": 0.5, "adam_beta2": 0.999, "lr_scheduler": "constant",
+                       "lr_warmup_steps": 0, "max_grad_norm": 0.0, "use_ema": True, "ema_decay": 0.999},
+))
+register(Family(
+    name="gpt", title="GPT", model_class="gm_hub.models.gpt:GPT", produces="text", likelihood="exact",
+    shipped_model="gpt-shakespeare", demo_tab="gm_hub.demo.gpt",
+))
+register(Family(
+    name="classifier", title="Digit classifier", model_class="gm_hub.models.classifier:DigitClassifier",
+    produces="labels", likelihood="none",
+))
