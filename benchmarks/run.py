@@ -11,12 +11,11 @@ peak on CUDA); and the quality metrics of `gm_hub.metrics` on the shipped (`pret
 model. Reference rows (real held-out digits, pixel-wise Gaussian noise) bound every metric from both sides.
 Timings are medians over repeated runs with their interquartile range.
 
-A family is one `Family` entry in FAMILIES; a family whose module does not exist yet is skipped.
+The families are those of `gm_hub/registry.py`; a family with no shipped model is timed with its default config.
 """
 
 import argparse
-import dataclasses
-import inspect
+import importlib
 import json
 import logging
 import multiprocessing
@@ -25,10 +24,11 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from gm_hub.registry import FAMILIES, get_family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -42,43 +42,22 @@ logger = logging.getLogger("benchmarks")
 # --- the families ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Family:
-    """How to build, train-step and sample one family; every name is imported lazily."""
+def build_training_module(family, folder: str | None):
+    """What the loop trains for a family: from the shipped folder (its size and weights) or the default config.
 
-    name: str
-    module: str  # gm_hub.models.<family>; the family is skipped while it does not exist
-    pretrained: str  # folder under pretrained/ with the shipped model
-    train_builder: str  # name of a function below: config.json values or None -> the module the loop trains
-    players: tuple[str, ...] = ()  # optimizer names for models trained by several players (forward(batch, player=...))
-    unit: str = "images"
-    batch_builder: str = "image_batch"  # name of a function below: (model, batch_size) -> (batch, units per batch)
-    images: bool = True  # samples are digits: scored by the quality metrics
+    A family whose training module differs from its published model (the GAN: G and D) builds it with the
+    training class's `from_published(model)`."""
+    if folder is not None:
+        from gm_hub.hub import load_model
 
-
-def build_vae(saved_config: dict | None):
-    from gm_hub.hub import config_from_dict
-    from gm_hub.models.vae import VAE, VAEConfig
-
-    return VAE(config_from_dict(VAEConfig, saved_config) if saved_config else VAEConfig())
-
-
-def build_gan(saved_config: dict | None):
-    from gm_hub.hub import config_from_dict
-    from gm_hub.models.gan import GAN, AdversarialConfig, DiscriminatorConfig, GeneratorConfig
-
-    generator = config_from_dict(GeneratorConfig, saved_config) if saved_config else GeneratorConfig()
-    discriminator = DiscriminatorConfig(resolution=generator.resolution, num_channels=generator.num_channels)
-    return GAN(generator, discriminator, AdversarialConfig())
-
-
-def build_gpt(saved_config: dict | None):
-    from gm_hub.hub import config_from_dict
-    from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
-
-    # A saved GPT is a stock transformers config.json; gm-hub's settings sit under its "gm_hub" key.
-    config = config_from_dict(GPTConfig, saved_config["gm_hub"]) if saved_config else GPTConfig()
-    return GPT(config, train_tokenizer(config, _shakespeare()))
+        model = load_model(folder)
+    else:
+        model_class = family.load_class()
+        model = model_class(model_class.config_class()())
+    if family.training_module:
+        module, name = family.training_module.split(":")
+        return getattr(importlib.import_module(module), name).from_published(model)
+    return model
 
 
 def _shakespeare() -> str:
@@ -86,38 +65,24 @@ def _shakespeare() -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else "To be, or not to be, that is the question.\n" * 2000
 
 
-def image_batch(model, batch_size: int) -> tuple[dict, int]:
+def training_batch(family, model, batch_size: int) -> tuple[dict, int]:
+    """A batch the loop would give the family -> (batch, units it holds: images or tokens)."""
+    if family.produces == "text":
+        block = model.config.block_size
+        tokens = model.encode(_shakespeare()[: 200 * block])
+        windows = torch.stack([tokens[i * block : i * block + block + 1] for i in range(batch_size)])  # (B, T + 1)
+        return {"input_ids": windows}, batch_size * block
     from gm_hub.data import ImageDataConfig, load_image_datasets
 
-    images = load_image_datasets(ImageDataConfig())[0].images[:batch_size]
-    return {"images": images}, len(images)
+    train_set = load_image_datasets(ImageDataConfig())[0]
+    return {"images": train_set.images[:batch_size], "labels": train_set.labels[:batch_size]}, batch_size
 
 
-def token_batch(model, batch_size: int) -> tuple[dict, int]:
-    block = model.config.block_size
-    tokens = model.encode(_shakespeare()[: 200 * block])
-    windows = torch.stack([tokens[i * block : i * block + block + 1] for i in range(batch_size)])  # (B, T + 1)
-    return {"input_ids": windows}, batch_size * block
-
-
-FAMILIES = [
-    Family("vae", "gm_hub.models.vae", "vae-mnist", "build_vae"),
-    Family("gan", "gm_hub.models.gan", "gan-mnist", "build_gan", players=("discriminator", "generator")),
-    Family("gpt", "gm_hub.models.gpt", "gpt-shakespeare", "build_gpt", unit="tokens", batch_builder="token_batch", images=False),
-]
-
-
-def family_present(family: Family) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(family.module) is not None
-
-
-def saved_config(folder: str | None) -> dict | None:
-    """config.json of a local model folder, without gm-hub metadata; None when there is none."""
-    if folder is None or not (Path(folder) / "config.json").is_file():
-        return None
-    return {k: v for k, v in json.loads((Path(folder) / "config.json").read_text()).items() if not k.startswith("_")}
+def shipped_folder(family, given: dict[str, str]) -> str | None:
+    path = family.shipped_path()
+    if family.name in given:
+        return given[family.name]
+    return str(path) if path is not None and any((path / name).is_file() for name in ("config.json", "model_index.json")) else None
 
 
 # --- timing and memory (each phase in a fresh process) ------------------------------------------------------
@@ -162,21 +127,21 @@ def _phase(job: dict) -> dict:
     """One measurement in a fresh process: "train" (one precision) or "sample"."""
     torch.set_num_threads(job["num_threads"])
     logging.basicConfig(level=logging.WARNING)
-    family = Family(**job["family"])
+    family = get_family(job["family"])
     device = torch.device(job["device"])
     torch.manual_seed(0)
     if job["phase"] == "sample" and job["model_path"]:
         from gm_hub.hub import load_model
 
         return _time_sampling(load_model(job["model_path"], map_location=str(device)).eval(), device, job)
-    model = globals()[family.train_builder](job["saved_config"]).to(device)
+    model = build_training_module(family, job["model_path"]).to(device)
     if job["phase"] == "sample":
         return _time_sampling(model.eval(), device, job)
     return _time_training(model, family, device, job)
 
 
-def _time_training(model, family: Family, device: torch.device, job: dict) -> dict:
-    batch, units = globals()[family.batch_builder](model, job["batch_size"])
+def _time_training(model, family, device: torch.device, job: dict) -> dict:
+    batch, units = training_batch(family, model, job["batch_size"])
     batch = {key: value.to(device) for key, value in batch.items()}
     groups = {name: [p for n, p in model.named_parameters() if n.startswith(name)] for name in family.players}
     optimizers = {name: torch.optim.AdamW(params, lr=1e-4) for name, params in groups.items()} or {
@@ -251,7 +216,7 @@ def reference_data(eval_data_dir: Path | None, num_reference: int):
             f"embedded validation split (no MNIST test set found): {half} reference, {half} held-out images")
 
 
-def quality_row(model, name: str, data: tuple, args, classifier) -> dict:
+def quality_row(model, name: str, data: tuple, args, classifier, likelihood: str) -> dict:
     """Sample metrics (and bits/dim for a model with log_prob) of one model."""
     from gm_hub.data import ImageDataset
     from gm_hub.metrics import draw_samples, evaluate_bits_per_dim, sample_metrics
@@ -262,9 +227,9 @@ def quality_row(model, name: str, data: tuple, args, classifier) -> dict:
     row = {"name": name, "sampling_seconds": time.perf_counter() - start}
     if samples is not None and tuple(samples.shape[1:]) == (1, 28, 28):
         row.update(sample_metrics(samples, reference, train_images, classifier))
-    if hasattr(model, "log_prob"):
+    if likelihood != "none":
         kwargs = {}
-        if "num_importance_samples" in inspect.signature(model.log_prob).parameters:
+        if likelihood == "bound":  # a family with a bound takes the number of importance samples
             kwargs["num_importance_samples"] = args.num_importance_samples
             row["num_importance_samples"] = float(args.num_importance_samples)
         torch.manual_seed(0)
@@ -456,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     train_images, reference, held_out, test, description = data
     logger.info("reference rows")
     quality = [{"name": "real held-out digits", **sample_metrics(held_out, reference, train_images, classifier)}]
-    quality.append(quality_row(PixelGaussianBaseline(train_images), "pixel-wise Gaussian noise", data, args, classifier))
+    quality.append(quality_row(PixelGaussianBaseline(train_images), "pixel-wise Gaussian noise", data, args, classifier, "exact"))
     results = {
         "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "settings": {
@@ -468,27 +433,27 @@ def main(argv: list[str] | None = None) -> None:
     # Training curves kept beside the benchmarks (data/<name>-history.jsonl, copied from the runs' logs/).
     histories = {path.name.removesuffix("-history.jsonl"): path
                  for path in sorted((Path(__file__).resolve().parent / "data").glob("*-history.jsonl"))}
-    for family in FAMILIES:
-        if args.families and family.name not in args.families or not family_present(family):
+    for family in FAMILIES.values():
+        if family.produces == "labels" or args.families and family.name not in args.families:
             continue
-        folder = given.get(family.name) or (str(REPO_ROOT / "pretrained" / family.pretrained)
-                                            if (REPO_ROOT / "pretrained" / family.pretrained / "config.json").is_file() else None)
-        entry = {"unit": family.unit, "model": folder}
-        job = {"family": dataclasses.asdict(family), "device": args.device, "num_threads": args.num_threads,
-               "saved_config": saved_config(folder), "model_path": folder, "batch_size": args.batch_size,
-               "warmup": 2, "repeats": args.repeats}
+        folder = shipped_folder(family, given)
+        unit = "tokens" if family.produces == "text" else "images"
+        entry = {"unit": unit, "model": folder}
+        job = {"family": family.name, "device": args.device, "num_threads": args.num_threads,
+               "model_path": folder, "batch_size": args.batch_size, "warmup": 2, "repeats": args.repeats}
         try:
             for phase in ("train_fp32", "train_bf16", "sample"):
                 logger.info("%s: %s", family.name, phase)
                 entry[phase] = run_phase({**job, "phase": phase})
         except Exception as err:  # a family under construction must not hide the others: its error is the report
             logger.exception("%s failed", family.name)
-            results["families"][family.name] = {"unit": family.unit, "model": folder, "error": f"{type(err).__name__}: {err}"}
+            results["families"][family.name] = {"unit": unit, "model": folder, "error": f"{type(err).__name__}: {err}"}
             continue
         entry["bf16_speedup"] = entry["train_fp32"]["step_seconds"]["median"] / entry["train_bf16"]["step_seconds"]["median"]
-        if folder is not None and family.images:
+        if folder is not None and family.produces == "images":
             logger.info("%s: quality", family.name)
-            entry["quality"] = quality_row(load_model(folder, map_location=args.device), family.name, data, args, classifier)
+            entry["quality"] = quality_row(load_model(folder, map_location=args.device), family.name, data, args, classifier,
+                                           family.likelihood)
             quality.append(entry["quality"])
             if folder and (Path(folder) / "logs" / "history.jsonl").is_file():
                 histories[family.name] = Path(folder) / "logs" / "history.jsonl"

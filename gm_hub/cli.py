@@ -6,9 +6,9 @@
 """
 
 import argparse
-import importlib
 import importlib.resources
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -17,10 +17,16 @@ from .errors import UserError
 from .training import ArgumentParser
 
 
+MAX_NUM_SAMPLES = 100_000  # a .npy of 100,000 MNIST digits is 78 MB; drawn in batches, so memory stays flat
+SAMPLE_BATCH_SIZE = 256
+
+
 def available_families() -> list[str]:
     """Families with a training script (training/train_<family>.py, shipped as gm_hub.recipes)."""
-    scripts = importlib.resources.files("gm_hub.recipes").iterdir()
-    return sorted(p.name[len("train_"):-3] for p in scripts if p.name.startswith("train_") and p.name.endswith(".py"))
+    from .registry import FAMILIES
+
+    scripts = {p.name for p in importlib.resources.files("gm_hub.recipes").iterdir()}
+    return sorted(name for name, family in FAMILIES.items() if family.training_script in scripts)
 
 
 def train(family: str, flags: list[str]) -> None:
@@ -32,24 +38,60 @@ def train(family: str, flags: list[str]) -> None:
     runpy.run_module(module, run_name="__main__")
 
 
+def _check_writable(output: str) -> Path:
+    path = Path(output)
+    if path.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"--output {output}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--output {output} can't be written (permission denied)")
+    return path
+
+
 def sample(model_name: str, num_samples: int, seed: int, output: str, device: str) -> None:
+    """Samples of any saved model: images as a .png grid or an .npy array, text as a .txt file."""
     import numpy as np
     import torch
 
     from .data import save_image_grid
     from .hub import load_model
 
-    if num_samples <= 0:
-        raise UserError(f"--num_samples must be positive, got {num_samples}")
-    if not output.endswith((".png", ".npy")):
-        raise UserError(f"--output must end in .png (a grid) or .npy (an N x C x H x W uint8 array), got {output!r}")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise UserError(f"--num_samples must be in [1, {MAX_NUM_SAMPLES:,}], got {num_samples}")
+    if not 0 <= seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2^63), got {seed}")
+    if not output.endswith((".png", ".npy", ".txt")):
+        raise UserError(f"--output must end in .png (a grid), .npy (an N x C x H x W uint8 array) or .txt (texts), got {output!r}")
+    path = _check_writable(output)
+    if output.endswith(".png") and num_samples > 1024:
+        raise UserError(f"a .png grid holds at most 1,024 samples, got --num_samples {num_samples}; write .npy for more")
     model = load_model(model_name, map_location=device)
-    images = model.sample(num_samples, generator=torch.Generator().manual_seed(seed)).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    batches = (model.sample(min(SAMPLE_BATCH_SIZE, num_samples - start), generator=generator)
+               for start in range(0, num_samples, SAMPLE_BATCH_SIZE))
+    first = next(batches)
+    if isinstance(first, list):  # texts
+        if not output.endswith(".txt"):
+            raise UserError(f"{model_name} generates text: give --output FILE.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            for texts in (first, *batches):
+                f.write("".join(text + "\n\n----\n\n" for text in texts))
+        print(f"wrote {num_samples} texts to {output}")
+        return
+    if output.endswith(".txt"):
+        raise UserError(f"{model_name} generates images: give --output FILE.png or FILE.npy")
+    shape = tuple(first.shape[1:])
     if output.endswith(".png"):
-        save_image_grid(images, output)
-    else:
-        np.save(output, images.numpy())
-    print(f"wrote {num_samples} samples of shape {tuple(images.shape[1:])} to {output}")
+        save_image_grid(torch.cat([first.cpu(), *(b.cpu() for b in batches)]), path)
+    else:  # written batch by batch into a memory-mapped .npy, so memory stays flat for any count
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(num_samples, *shape))
+        start = 0
+        for images in (first, *batches):
+            array[start : start + len(images)] = images.cpu().numpy()
+            start += len(images)
+        array.flush()
+    print(f"wrote {num_samples} samples of shape {shape} to {output}")
 
 
 def evaluate(model_name: str, flags: list[str], write_card: bool) -> None:
@@ -58,8 +100,10 @@ def evaluate(model_name: str, flags: list[str], write_card: bool) -> None:
     from .metrics import EvaluationConfig, evaluate_model
     from .training import parse_args
 
+    from .registry import family_of_class
+
     model = load_model(model_name)
-    if hasattr(model.config, "resolution"):  # an image model: the test set or the embedded validation split
+    if family_of_class(type(model).__name__).produces != "text":  # images: the test set or the embedded validation split
         data_defaults = {"resolution": model.config.resolution, "num_channels": model.config.num_channels}
         data, evaluation = parse_args([ImageDataConfig, EvaluationConfig], flags, defaults=data_defaults)
         _, validation_set = load_image_datasets(data) if not data.eval_data_dir else (None, None)
@@ -80,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train a family (flags: gm-hub train FAMILY --help)", add_help=False)
     train_parser.add_argument("family")
-    sample_parser = commands.add_parser("sample", help="sample any saved image model")
+    sample_parser = commands.add_parser("sample", help="sample any saved model (images or text)")
     sample_parser.add_argument("model", help="a model folder or Hub repo id")
     sample_parser.add_argument("--num_samples", type=int, default=16)
     sample_parser.add_argument("--seed", type=int, default=0)
-    sample_parser.add_argument("--output", default="samples.png", help=".png for a grid, .npy for a uint8 N x C x H x W array")
+    sample_parser.add_argument("--output", default="samples.png", help=".png for a grid, .npy for a uint8 N x C x H x W array, .txt for texts")
     sample_parser.add_argument("--device", default="cpu")
     evaluate_parser = commands.add_parser("evaluate", help="metrics of a saved model as JSON (flags: --eval_data_dir, --write_card, ...)",
                                           add_help=False)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import DEFAULT_NUM_CHANNELS, DEFAULT_RESOLUTION
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class ImageDataConfig:
     train_data_dir: str | None = None  # a folder of images, searched recursively
     image_column: str | None = None  # detected from the dataset's features when not given
     eval_data_dir: str | None = None  # MNIST IDX files of the test set, e.g. ../shared/data/mnist
-    resolution: int = 28  # images are resized to resolution x resolution
-    num_channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    resolution: int = DEFAULT_RESOLUTION  # images are resized to resolution x resolution
+    num_channels: int = DEFAULT_NUM_CHANNELS  # 1 (grayscale) or 3 (RGB)
     validation_fraction: float = 0.1  # held out from the training source, deterministically
     cache_dir: str | None = None
 

@@ -11,6 +11,8 @@ samples on the CPU and on CUDA.
 [1] Salimans et al., PixelCNN++, 2017. https://arxiv.org/abs/1701.05517
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -94,3 +96,18 @@ def discretized_logistic_mixture_mode(params: torch.Tensor, num_channels: int, n
     logits, means, _ = split_mixture_params(params.float(), num_channels, num_mixtures)
     best = logits.argmax(1, keepdim=True)
     return to_uint8(means.gather(1, best).squeeze(1))
+
+
+def scale_mixture_temperature(params: torch.Tensor, num_channels: int, num_mixtures: int, temperature: float) -> torch.Tensor:
+    """Sharpen (T < 1) or flatten (T > 1) a mixture for sampling: logits / T and scales * T.
+
+    params: (B, 3 * K * C, H, W) -> the same shape. T = 1 returns `params` itself (bit for bit).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if temperature == 1.0:
+        return params
+    batch, _, height, width = params.shape
+    logits, means, log_scales = params.view(batch, 3, num_mixtures, num_channels, height, width).unbind(1)
+    scaled = torch.stack([logits / temperature, means, log_scales + math.log(temperature)], dim=1)
+    return scaled.view(params.shape)

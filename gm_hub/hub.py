@@ -1,34 +1,54 @@
-"""Hub conventions: every gm-hub model is an `nn.Module` with `PyTorchModelHubMixin`.
+"""Hub conventions: every gm-hub model is an `nn.Module` with `PyTorchModelHubMixin`, saved and loaded by `HubModel`.
 
-`HubModel` takes one dataclass config as its only `__init__` argument; it becomes `config.json`. On top of the
-mixin it guards against the mixin's known traps:
+`HubModel` takes one dataclass config as its only `__init__` argument. What never changes lives here, once:
 
-- loading is strict and from `model.safetensors` only (the mixin defaults to `strict=False`, which silently
-  ignores missing weights, and falls back to pickled `pytorch_model.bin`);
-- `config.json` is validated before any allocation: unknown keys, wrong types and out-of-range values are
-  refused, the model is first built on the `meta` device and its size and tensor shapes are checked against
-  the checkpoint's header, so a hostile repo can't make the app allocate 100 GB;
-- the model card (`README.md`) is written anew on every save, with the measured metrics (the mixin never
-  overwrites an existing one, so stale metrics would survive);
-- `push_to_hub` uploads what `save_pretrained` writes into a fresh folder, never a training folder with its
-  `checkpoint-*` optimizer states.
+- loading is strict and from safetensors only (the mixin defaults to `strict=False`, which silently ignores
+  missing weights, and falls back to pickled `pytorch_model.bin`);
+- JSON files are validated before any allocation: size, encoding, nesting, unknown keys, wrong types and
+  out-of-range values are refused; the model is first built on the `meta` device and its size and tensor shapes
+  are checked against each safetensors header, so a hostile repo can't make the app allocate 100 GB; loaded
+  weights must be finite floating point where the model expects floating point;
+- the model card (`README.md`) is written anew on every save, with the measured metrics;
+- saving never samples: sample grids are the training loop's and `gm-hub sample`'s job;
+- `push_to_hub` uploads what `save_pretrained` writes into a fresh folder (plus an existing sample grid),
+  never a training folder with its `checkpoint-*` optimizer states.
+
+A family supplies only its folder format, through four small hooks (the defaults give the mixin's format:
+`config.json` + `model.safetensors`):
+
+    config_file_name        the root JSON file, which also carries gm-hub's marker (`_gm_hub_class`)
+    folder_config()         what that file holds (default: the dataclass config)
+    from_folder_config()    config and extra `__init__` arguments back from it (and from other JSON files)
+    weight_files()          which safetensors file holds which submodule
+    save_extra_files()      the format's other files (a tokenizer, a scheduler config)
+
+The GPT writes a stock transformers folder and the diffusion model a stock diffusers `DDPMPipeline` folder
+through these hooks. The marker key starts with an underscore, which transformers and diffusers both ignore,
+and differs from diffusers' own `_class_name`.
 """
 
 import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
+import shutil
+import tempfile
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
-from safetensors import safe_open
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_file
 
+from .config import ConfigError
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -37,12 +57,12 @@ REPO_URL = "https://github.com/gm-hub/gm-hub"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 SAMPLE_GRID_NAME = "samples.png"
-CLASS_KEY = "_class_name"  # which gm-hub class a config.json belongs to, as diffusers writes it
+MARKER_KEY = "_gm_hub_class"  # which gm-hub class a folder holds; "_" keys are ignored by transformers and diffusers
 MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32: far above any gm-hub model, far below a hostile config
+MAX_JSON_BYTES = 4 << 20  # a config is a few KB; a tokenizer.json of a large BPE vocabulary a few MB
+MAX_JSON_DEPTH = 20
 
-
-class ConfigError(UserError):
-    """A config.json (or config) that can't be used, with what is wrong and what is allowed."""
+__all__ = ["ConfigError", "HubModel", "config_from_dict", "load_model", "read_json"]
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
@@ -66,7 +86,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
                 _check_type(name, item, item_type)
             return
     elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return
     elif annotation is Any or (isinstance(annotation, type) and isinstance(value, annotation)):
         if not (annotation is int and isinstance(value, bool)):
@@ -75,10 +95,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
 
 
 def config_from_dict(config_class: type, values: dict) -> Any:
-    """Build a config dataclass from parsed config.json, refusing unknown keys and wrong types."""
+    """Build a config dataclass from parsed JSON, refusing unknown keys and wrong types ("_" keys are metadata)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"config.json must hold a JSON object, got {type(values).__name__}")
-    values = {key: value for key, value in values.items() if not key.startswith("_")}  # metadata such as _class_name
+        raise ConfigError(f"a config must be a JSON object, got {type(values).__name__}")
+    values = {key: value for key, value in values.items() if not key.startswith("_")}
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -94,37 +114,120 @@ def config_from_dict(config_class: type, values: dict) -> Any:
         raise ConfigError(f"invalid {config_class.__name__}: {err}") from err
 
 
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _refuse_constant(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse a JSON file of a model folder, refusing what no gm-hub file holds: over `max_bytes`, not UTF-8,
+    NaN/Infinity, numbers too large to be finite, or nesting deeper than MAX_JSON_DEPTH."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path} has {path.stat().st_size:,} bytes; a gm-hub JSON file has at most {max_bytes:,}")
+    try:
+        values = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError, as is a 5000-digit integer;
+        # a hostile nesting depth overflows the parser's recursion
+        raise ConfigError(f"{path} is not valid JSON: {str(err)[:200]}") from err
+    if _depth(values) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{path} is nested deeper than {MAX_JSON_DEPTH} levels")
+    for number in _numbers(values):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{path} holds a number too large for a float: {number}")
+    return values
+
+
+def _numbers(value: Any):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)):
+        yield value
+
+
 def resolve_file(name_or_path: str | Path, filename: str, **download_kwargs) -> str:
-    """A file of a local model folder, or of a Hub repo through the Hugging Face cache."""
+    """A file of a local model folder, or of a Hub repo through the Hugging Face cache (offline-aware)."""
     if os.path.isdir(name_or_path):
         path = Path(name_or_path) / filename
+        if path.is_symlink():  # a link could point at /dev/zero or another user's file
+            raise UserError(f"{path} is a symbolic link; copy the file itself into the folder")
         if not path.is_file():
             raise UserError(f"{name_or_path} has no {filename}")
         return str(path)
-    if os.path.exists(name_or_path) or str(name_or_path).startswith((".", "/")):
+    if os.path.exists(name_or_path):
+        raise UserError(f"{name_or_path} is a file; give a model folder or a Hub repo id")
+    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).endswith("/"):
         raise UserError(f"model folder {str(name_or_path)!r} does not exist")
-    return hf_hub_download(repo_id=str(name_or_path), filename=filename, **download_kwargs)
+    try:
+        return hf_hub_download(repo_id=str(name_or_path), filename=filename, **download_kwargs)
+    except HFValidationError as err:
+        raise UserError(f"{str(name_or_path)!r} is neither a folder nor a Hub repo id (owner/name): {err}") from err
+    except LocalEntryNotFoundError as err:
+        raise UserError(f"{name_or_path}/{filename} is not in the Hugging Face cache and the Hub can't be reached "
+                        "(offline); download it once online, or give a local folder") from err
+
+
+def _header(weights_file: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype) from a safetensors header, reading no tensor data."""
+    try:
+        with safe_open(weights_file, framework="pt") as f:
+            return {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"{weights_file} is not a readable safetensors file (truncated or damaged?): {err}") from err
 
 
 def check_size_and_shapes(skeleton: torch.nn.Module, weights_file: str) -> None:
     """Refuse a model (built on the meta device) over MAX_PARAMETERS, or whose tensors differ from the
-    safetensors header; reads no tensor data. A tied weight saved once, under any of its names, is enough."""
+    safetensors header in name, shape or kind (floating point or not); a tied weight saved once is enough."""
     num_parameters = sum(p.numel() for p in skeleton.parameters())
     if num_parameters > MAX_PARAMETERS:
         raise ConfigError(f"config.json asks for {num_parameters:,} parameters; the limit is {MAX_PARAMETERS:,}")
     names_of: dict[int, list[str]] = {}  # one entry per tensor, with all its names
     for name, tensor in [*skeleton.named_parameters(remove_duplicate=False), *skeleton.named_buffers(remove_duplicate=False)]:
         names_of.setdefault(id(tensor), []).append(name)
-    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
-    with safe_open(weights_file, framework="pt") as f:
-        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    expected = skeleton.state_dict()
+    found = _header(weights_file)
     missing = sorted(names[0] for names in names_of.values() if not any(n in found for n in names))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ConfigError(f"{weights_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [(name, expected[name], found[name]) for name in found if expected[name] != found[name]]
+    wrong = [(name, tuple(expected[name].shape), shape) for name, (shape, _) in found.items() if tuple(expected[name].shape) != shape]
     if wrong:
         raise ConfigError(f"{weights_file} does not match its config: shape (expected, found) {wrong[:5]}")
+    floating = [name for name, (_, dtype) in found.items() if expected[name].is_floating_point() != dtype.startswith(("F", "BF"))]
+    if floating:
+        raise ConfigError(f"{weights_file} stores {floating[:5]} with a dtype of the wrong kind (floating point or integer)")
+
+
+def save_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """A module's state as safetensors; a tensor tied under several names is stored once, under its first name
+    (as transformers does: `transformer.wte.weight`, not `lm_head.weight`)."""
+    tensors, seen = {}, set()
+    for name, tensor in module.state_dict().items():
+        identity = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if identity not in seen:
+            seen.add(identity)
+            tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _check_finite(module: torch.nn.Module, weights_file: str) -> None:
+    bad = [name for name, tensor in module.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ConfigError(f"{weights_file} holds NaN or infinite values in {bad[:5]}; the file is damaged")
 
 
 class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", repo_url=REPO_URL, tags=["gm-hub"]):
@@ -135,6 +238,8 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
 
     family: str = ""
     dataset_tags: tuple[str, ...] = ("mnist",)
+    config_file_name: ClassVar[str] = CONFIG_NAME
+    card_metrics_note: ClassVar[str] = ""  # what the card's metrics mean, where the names don't say
 
     def __init_subclass__(cls, *, family: str = "", pipeline_tag: str = "unconditional-image-generation", **kwargs):
         tags = [family, *kwargs.pop("tags", [])] if family else kwargs.pop("tags", None)
@@ -145,27 +250,62 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
     def config_class(cls) -> type:
         return typing.get_type_hints(cls.__init__)["config"]
 
+    # --- the folder format: hooks a family may override ------------------------------------------------
+    def folder_config(self) -> dict:
+        """The root JSON file's contents, without the marker."""
+        return dataclasses.asdict(self.config)
+
+    @classmethod
+    def from_folder_config(cls, values: dict, read_json: Callable[[str], Any]) -> tuple[Any, dict]:
+        """(config, extra __init__ keyword arguments) from the root JSON file; `read_json(relative_path)` reads
+        another validated JSON file of the folder."""
+        return config_from_dict(cls.config_class(), values), {}
+
+    def weight_files(self) -> dict[str, torch.nn.Module]:
+        """Relative path of each safetensors file -> the module whose weights it holds."""
+        return {WEIGHTS_NAME: self}
+
+    def save_extra_files(self, folder: Path) -> None:
+        """The format's other files (none for the mixin's format)."""
+
+    def config_signature(self) -> dict:
+        """What a checkpoint must share with a run that resumes it (the training loop compares them)."""
+        return dataclasses.asdict(self.config)
+
+    def card_usage(self) -> str:
+        """The model card's "Use" section, in markdown."""
+        return f"""```python
+from gm_hub import load_model
+import torch
+
+model = load_model("path/or/repo-id")  # strict, safetensors only
+images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C, H, W) uint8
+```"""
+
     # --- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, *, model_card_kwargs: dict | None = None, **kwargs) -> str | None:
-        """Write model.safetensors, config.json, samples.png and a model card; push if `push_to_hub=True`."""
-        save_directory = Path(save_directory)
-        (save_directory / "README.md").unlink(missing_ok=True)  # the card always carries the current metrics
-        result = super().save_pretrained(save_directory, model_card_kwargs=model_card_kwargs, **kwargs)
-        config_path = save_directory / CONFIG_NAME
-        config = json.loads(config_path.read_text())
-        config[CLASS_KEY] = type(self).__name__
-        config_path.write_text(json.dumps(config, sort_keys=True, indent=2))
-        if hasattr(self, "sample"):
-            self.save_sample_grid(save_directory / SAMPLE_GRID_NAME)
-        return result
+    def save_pretrained(self, save_directory: str | Path, *, model_card_kwargs: dict | None = None, **_: Any) -> None:
+        """Write the weights, the format's files, the root JSON file with the marker, and the model card."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        for relative_path, module in self.weight_files().items():
+            (folder / relative_path).parent.mkdir(parents=True, exist_ok=True)
+            save_weights(module, folder / relative_path)
+        self.save_extra_files(folder)
+        root_config = {**self.folder_config(), MARKER_KEY: type(self).__name__}
+        (folder / self.config_file_name).write_text(json.dumps(root_config, sort_keys=True, indent=2) + "\n")
+        self.generate_model_card(**(model_card_kwargs or {})).save(folder / "README.md")  # always the current metrics
 
-    def save_sample_grid(self, path: Path, num_samples: int = 64, seed: int = 0) -> None:
-        """A grid of samples for a fixed seed, shown by the model card."""
-        from .data import save_image_grid
-
-        with torch.no_grad():
-            images = self.sample(num_samples, generator=torch.Generator().manual_seed(seed))
-        save_image_grid(images, path)
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    model_card_kwargs: dict | None = None, sample_grid: str | Path | None = None,
+                    commit_message: str = "Upload gm-hub model") -> str:
+        """Save into a fresh folder (plus `sample_grid`, shown by the card) and upload it as one commit."""
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as staging:
+            self.save_pretrained(staging, model_card_kwargs=model_card_kwargs)
+            if sample_grid is not None and Path(sample_grid).is_file():
+                shutil.copy2(sample_grid, Path(staging) / SAMPLE_GRID_NAME)
+            return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
 
     def generate_model_card(self, **kwargs) -> ModelCard:
         return make_model_card(self, **kwargs)
@@ -184,26 +324,29 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
         map_location: str | torch.device = "cpu",
     ):
         """Load a folder or Hub repo (offline from the cache with HF_HUB_OFFLINE=1): strictly, safetensors only."""
-        download = dict(
-            force_download=force_download, token=token, cache_dir=cache_dir,
-            local_files_only=local_files_only, revision=revision,
-        )
-        config_file = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **download)
-        with open(config_file, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{config_file} is not valid JSON: {err}") from err
-        stored_class = values.get(CLASS_KEY, cls.__name__)
-        if cls is not HubModel and stored_class != cls.__name__:
-            raise ConfigError(f"{pretrained_model_name_or_path} holds a {stored_class}, not a {cls.__name__}")
-        config = config_from_dict(cls.config_class(), values)
-        weights_file = resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, **download)
+        download = dict(force_download=force_download, token=token, cache_dir=cache_dir,
+                        local_files_only=local_files_only, revision=revision)
+
+        def resolve(relative_path: str) -> str:
+            return resolve_file(pretrained_model_name_or_path, relative_path, **download)
+
+        values = read_json(resolve(cls.config_file_name))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{cls.config_file_name} must hold a JSON object")
+        stored_class = values.pop(MARKER_KEY, None)
+        if stored_class != cls.__name__:
+            raise ConfigError(f"{pretrained_model_name_or_path} holds {stored_class or 'no gm-hub model'}, not a {cls.__name__}")
+        config, extras = cls.from_folder_config(values, lambda relative_path: read_json(resolve(relative_path)))
         with torch.device("meta"):  # nothing is allocated until the size and shapes are checked
-            check_size_and_shapes(cls(config), weights_file)
-        model = cls(config)
-        load_safetensors_into(model, weights_file, strict=True, device=str(map_location))
-        return model.eval()
+            skeleton = cls(config, **extras)
+        weight_files = {path: resolve(path) for path in skeleton.weight_files()}
+        for path, module in skeleton.weight_files().items():
+            check_size_and_shapes(module, weight_files[path])
+        model = cls(config, **extras)
+        for path, module in model.weight_files().items():
+            load_safetensors_into(module, weight_files[path], strict=True)
+            _check_finite(module, weight_files[path])
+        return model.to(map_location).eval()
 
 
 def card_data(
@@ -229,34 +372,6 @@ def card_data(
     )
 
 
-def card_training_and_metrics(config: Any, metrics: dict[str, float], metrics_dataset: str, training_command: str | None,
-                              training_time: str | None, metrics_note: str = "") -> str:
-    """The card's "Training" (command, time, config) and "Metrics" sections, in markdown."""
-    rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
-    command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
-    time_line = f"\nTraining time: {training_time}.\n" if training_time else ""
-    return f"""## Training
-
-{command}
-{time_line}
-Config:
-
-```json
-{json.dumps(dataclasses.asdict(config), indent=2)}
-```
-
-## Metrics ({metrics_dataset})
-
-{metrics_note}
-
-| metric | value |
-|---|---|
-{rows}
-
-Library: [gm-hub]({REPO_URL}).
-"""
-
-
 def make_model_card(
     model: HubModel,
     metrics: dict[str, float] | None = None,
@@ -268,17 +383,21 @@ def make_model_card(
 ) -> ModelCard:
     """A model card: YAML metadata (library, tags, datasets, model-index metrics), then what, how, how good."""
     metrics = metrics or {}
-    generative = hasattr(model, "sample")  # the digit classifier is a gm-hub model that generates nothing
+    info = type(model)._hub_mixin_info.model_card_data
+    generates_images = hasattr(model, "sample") and info.pipeline_tag == "unconditional-image-generation"
     name = f"gm-hub {model.family or type(model).__name__}"
     metadata = card_data(
-        library_name="gm-hub",
-        tags=sorted({"gm-hub", "pytorch_model_hub_mixin", model.family, "generative-model" if generative else ""} - {""}),
-        pipeline_tag=type(model)._hub_mixin_info.model_card_data.pipeline_tag,
+        library_name=info.library_name or "gm-hub",
+        tags=sorted({"gm-hub", *(info.tags or []), "generative-model" if hasattr(model, "sample") else ""} - {""}),
+        pipeline_tag=info.pipeline_tag,
         model_name=name,
         datasets=datasets or list(model.dataset_tags),
         metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
     )
-    content = f"""---
+    rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
+    command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
+    time_line = f"\nTraining time: {training_time}.\n" if training_time else ""
+    return ModelCard(f"""---
 {metadata.to_yaml()}
 ---
 
@@ -286,24 +405,35 @@ def make_model_card(
 
 {inspect.cleandoc(type(model).__doc__ or "")}
 
-{f"![samples]({SAMPLE_GRID_NAME})" if generative else ""}
+{f"![samples]({SAMPLE_GRID_NAME})" if generates_images else ""}
 
 ## Use
 
-```python
-from gm_hub import load_model
-import torch
+{model.card_usage()}
 
-model = load_model("path/or/repo-id")  # strict, safetensors only
-{"images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C, H, W) uint8" if generative else
- "features, probabilities, labels = model.predict(images)  # uint8 (N, C, H, W) -> (N, F), (N, classes), (N,)"}
+## Training
+
+{command}
+{time_line}
+Config:
+
+```json
+{json.dumps(dataclasses.asdict(model.config), indent=2)}
 ```
 
-{card_training_and_metrics(model.config, metrics, metrics_dataset, training_command, training_time)}"""
-    return ModelCard(content)
+## Metrics ({metrics_dataset})
+
+{model.card_metrics_note}
+
+| metric | value |
+|---|---|
+{rows}
+
+Library: [gm-hub]({REPO_URL}).
+""")
 
 
-def update_model_card_metrics(folder: Path, model, metrics: dict[str, float], metrics_dataset: str) -> None:
+def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, float], metrics_dataset: str) -> None:
     """Rewrite a saved model's README.md with new metrics, keeping how it was trained."""
     card_path = Path(folder) / "README.md"
     if not Path(folder).is_dir():
@@ -313,16 +443,25 @@ def update_model_card_metrics(folder: Path, model, metrics: dict[str, float], me
     model.generate_model_card(metrics=metrics, datasets=previous.get("datasets"), **info).save(card_path)
 
 
-def load_model(name_or_path: str | Path, **kwargs):
-    """Any gm-hub model from a folder or Hub repo id: the class comes from config.json's `_class_name`."""
-    from .models import model_class
-
-    config_file = resolve_file(name_or_path, CONFIG_NAME, **{k: v for k, v in kwargs.items() if k != "map_location"})
-    with open(config_file, encoding="utf-8") as f:
+def folder_class_name(name_or_path: str | Path, **download_kwargs) -> str:
+    """The gm-hub class a folder or repo holds, from the marker in its root JSON file (config.json, or
+    model_index.json for a diffusers pipeline)."""
+    problems = []
+    for root_file in (CONFIG_NAME, "model_index.json"):
         try:
-            values = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{config_file} is not valid JSON: {err}") from err
-    if not isinstance(values, dict) or CLASS_KEY not in values:
-        raise ConfigError(f"{config_file} has no {CLASS_KEY!r}: not a model saved by gm-hub")
-    return model_class(values[CLASS_KEY]).from_pretrained(name_or_path, **kwargs)
+            values = read_json(resolve_file(name_or_path, root_file, **download_kwargs))
+        except UserError as err:  # no such file here: try the other format
+            problems.append(str(err))
+            continue
+        if isinstance(values, dict) and isinstance(values.get(MARKER_KEY), str):
+            return values[MARKER_KEY]
+        problems.append(f"its {root_file} has no {MARKER_KEY!r}")
+    raise UserError(f"{name_or_path} holds no model saved by gm-hub: {'; '.join(problems)}")
+
+
+def load_model(name_or_path: str | Path, **kwargs):
+    """Any gm-hub model from a folder or Hub repo id: the class comes from the folder's marker."""
+    from .registry import family_of_class
+
+    download = {k: v for k, v in kwargs.items() if k != "map_location"}
+    return family_of_class(folder_class_name(name_or_path, **download)).load_class().from_pretrained(name_or_path, **kwargs)

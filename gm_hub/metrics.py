@@ -23,7 +23,6 @@ standard FID [1], which can't be downloaded here and does not know digits:
 
 import functools
 import importlib.resources
-import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -318,28 +317,31 @@ def classifier_accuracy(classifier, dataset: Dataset, max_items: int | None = No
 
 def evaluate_model(model, accelerator, dataset: Dataset, evaluation: EvaluationConfig, batch_size: int = 64,
                    train_images: torch.Tensor | None = None) -> dict[str, float]:
-    """The metrics `model` supports on `dataset`, as a flat dict of floats (accelerator may be None).
+    """The metrics `model`'s family supports on `dataset` (its registry record says which), as a flat dict of
+    floats (accelerator may be None).
 
-    - `log_prob` (exact or a bound): bits_per_dim over the dataset;
-    - `sample` giving uint8 (N, 1, 28, 28) images: `sample_metrics` of `num_eval_samples` samples (at most
-      `max_eval_items`) against the dataset's images; memorization against `train_images` (default: the
-      embedded MNIST training split, what the families train on unless told otherwise);
-    - `predict` (a classifier) on a labelled dataset: accuracy.
+    - a likelihood (exact, or a bound that takes `num_importance_samples`): bits_per_dim over the dataset;
+    - images: `sample_metrics` of `num_eval_samples` samples (at most `max_eval_items`) against the dataset's
+      images, for uint8 (N, 1, 28, 28) digits; memorization against `train_images` (default: the embedded
+      MNIST training split, what the families train on unless told otherwise);
+    - labels (the classifier), on a labelled dataset: accuracy.
 
     Every process computes the sample metrics from the same seed (the same numbers on each).
     """
+    from .registry import family_of_class
+
+    family = family_of_class(type(model).__name__)
     metrics = {}
-    if hasattr(model, "log_prob"):
+    if family.likelihood != "none":
         kwargs = {}
-        # A bound: say how tight. (signature, not __code__: decorators such as torch.no_grad wrap log_prob.)
-        if "num_importance_samples" in inspect.signature(model.log_prob).parameters:
+        if family.likelihood == "bound":  # say how tight
             kwargs["num_importance_samples"] = evaluation.num_importance_samples
             metrics["num_importance_samples"] = float(evaluation.num_importance_samples)
         metrics["bits_per_dim"] = evaluate_bits_per_dim(model, dataset, accelerator, batch_size, evaluation.max_eval_items, **kwargs)
-    if hasattr(model, "predict") and getattr(dataset, "labels", None) is not None:
+    if family.produces == "labels" and getattr(dataset, "labels", None) is not None:
         metrics["accuracy"] = classifier_accuracy(model, dataset, evaluation.max_eval_items)
     num_samples = min(evaluation.num_eval_samples, evaluation.max_eval_items or evaluation.num_eval_samples)
-    if hasattr(model, "sample") and num_samples >= 2:
+    if family.produces == "images" and num_samples >= 2:
         samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed)
         if samples is None or samples.dtype != torch.uint8 or tuple(samples.shape[1:]) != CLASSIFIER_IMAGE_SHAPE:
             logger.info("no sample metrics: the digit classifier judges uint8 (N, 1, 28, 28) images only")

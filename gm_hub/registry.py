@@ -27,7 +27,9 @@ class Family:
     shipped_model: str | None = None  # folder under pretrained/ of the trained model the demo uses
     demo_tab: str | None = None  # module with the family's demo tab
     training_defaults: dict[str, Any] = field(default_factory=dict)  # TrainingConfig values that suit the family
-    training_module: str | None = None  # a training-only class, when it is not model_class (the GAN's G and D)
+    training_module: str | None = None  # "module:Class" trained in its place (the GAN's G and D), built by
+    # its `from_published(model)`
+    players: tuple[str, ...] = ()  # optimizers of a module trained by several players: forward(batch, player=name)
 
     def __post_init__(self) -> None:
         if self.produces not in ("images", "text", "labels"):
@@ -81,6 +83,7 @@ register(Family(
 register(Family(
     name="gan", title="GAN", model_class="gm_hub.models.gan:Generator", produces="images", likelihood="none",
     shipped_model="gan-mnist", demo_tab="gm_hub.demo.gan", training_module="gm_hub.models.gan:GAN",
+    players=("discriminator", "generator"),
     # Adam as in DCGAN, a constant learning rate, no clipping, and an EMA of G for sampling.
     training_defaults={"learning_rate": 2e-4, "adam_beta1": 0.5, "adam_beta2": 0.999, "lr_scheduler": "constant",
                        "lr_warmup_steps": 0, "max_grad_norm": 0.0, "use_ema": True, "ema_decay": 0.999},
@@ -92,4 +95,20 @@ register(Family(
 register(Family(
     name="classifier", title="Digit classifier", model_class="gm_hub.models.classifier:DigitClassifier",
     produces="labels", likelihood="none",
+    training_defaults={"learning_rate": 2e-3, "train_batch_size": 128, "num_epochs": 40, "lr_warmup_steps": 50,
+                       "adam_weight_decay": 1e-4, "checkpointing_steps": 1000, "save_images_steps": 0,
+                       "output_dir": "mnist-classifier"},
+))
+register(Family(
+    name="realnvp", title="RealNVP", model_class="gm_hub.models.realnvp:RealNVP", produces="images", likelihood="bound",
+    # Adam with a warm-up (act-norm starts data-initialized, the couplings at the identity) and a cosine decay;
+    # loose clipping: flow gradients are large early on, but rarely wrong. ~10k steps of 64 on MNIST.
+    training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "max_grad_norm": 50.0, "num_epochs": 150,
+                       "checkpointing_steps": 2000, "save_images_steps": 2000},
+))
+register(Family(
+    name="glow", title="Glow", model_class="gm_hub.models.glow:Glow", produces="images", likelihood="bound",
+    # As RealNVP; act-norm's data-dependent initialization takes the loop's init batch.
+    training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "max_grad_norm": 50.0, "num_epochs": 150,
+                       "checkpointing_steps": 2000, "save_images_steps": 2000},
 ))

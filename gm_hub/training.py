@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 from accelerate.utils import set_seed as _set_all_seeds
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from .errors import UserError
@@ -82,6 +83,8 @@ class TrainingConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3  # oldest checkpoints are removed beyond this
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    overwrite_output_dir: bool = False  # train into a folder that holds a model or checkpoints, replacing them
+    init_batch_size: int = 512  # items for a model's data-dependent initialization (Glow's act-norm)
     seed: int | None = 0
     use_ema: bool = False  # keep an exponential moving average of the weights for sampling and saving
     ema_decay: float = 0.999
@@ -96,11 +99,17 @@ class TrainingConfig:
     hub_token: str | None = None  # else HF_TOKEN or the saved login; never printed
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # nan passes every comparison below, so refuse it first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{f.name} must be a finite number, got {value}")
         positive = ("num_epochs", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                    "checkpointing_steps", "logging_steps", "num_sample_images", "max_nonfinite_steps")
+                    "checkpointing_steps", "logging_steps", "num_sample_images", "max_nonfinite_steps", "init_batch_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.max_train_steps is not None and self.max_train_steps <= 0:
             raise UserError(f"--max_train_steps must be positive, got {self.max_train_steps}")
         if self.learning_rate <= 0:
@@ -294,15 +303,31 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's own fields (all but the digest), so an edited step or time is noticed."""
+    fields = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def verify_checkpoint(path: Path) -> str | None:
-    """None if the checkpoint's manifest matches its files, else what is wrong."""
+    """None if the checkpoint's manifest is intact (its own digest, its step, its files' sizes and SHA-256),
+    else what is wrong."""
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         return f"{path} has no {MANIFEST_NAME} (not written by gm-hub, or interrupted)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return f"{manifest_path} is not valid JSON"
+    shape_ok = (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+                and isinstance(manifest.get("training_seconds"), (int, float))
+                and all(isinstance(entry, list) and len(entry) == 2 for entry in manifest["files"].values()))
+    if not shape_ok:
+        return f"{manifest_path} does not have a gm-hub manifest's fields"
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        return f"{manifest_path} was edited or damaged (its digest does not match its fields)"
+    if manifest.get("step") != checkpoint_step(path):
+        return f"{manifest_path} is for step {manifest.get('step')}, not the folder's step {checkpoint_step(path)}"
     for name, (size, digest) in manifest["files"].items():
         file = path / name
         if not file.is_file():
@@ -312,29 +337,36 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def find_resume_checkpoint(output_dir: str, resume_from_checkpoint: str) -> Path | None:
-    """The checkpoint to resume from: 'latest' picks the newest intact one (damaged ones are skipped)."""
+def find_resume_checkpoint(output_dir: str, resume_from_checkpoint: str) -> Path:
+    """The checkpoint to resume from: 'latest' picks the newest intact one (damaged ones are skipped, with a
+    warning); a run asked to resume with nothing intact to resume from stops with what it found."""
     if resume_from_checkpoint != "latest":
         path = Path(resume_from_checkpoint)
-        if not path.is_dir():
-            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a folder (or use 'latest')")
+        if not path.is_dir() or not re.fullmatch(CHECKPOINT_PREFIX + r"\d+", path.name):
+            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint-N folder (or use 'latest')")
         problem = verify_checkpoint(path)
         if problem:
             raise UserError(f"cannot resume: {problem}")
         return path
+    problems = []
     for path in reversed(list_checkpoints(output_dir)):
         problem = verify_checkpoint(path)
         if problem is None:
             return path
         logger.warning("skipping damaged checkpoint: %s", problem)
-    return None
+        problems.append(problem)
+    if problems:
+        raise UserError(f"cannot resume: every checkpoint in {output_dir} is damaged ({problems[0]}); "
+                        "train again with --overwrite_output_dir, or into another --output_dir")
+    raise UserError(f"cannot resume: {output_dir} has no checkpoint-N folder; drop --resume_from_checkpoint to start a new run")
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit: int | None,
-                    training_seconds: float = 0.0) -> Path:
+                    training_seconds: float = 0.0, signature: dict | None = None) -> Path:
     """Write checkpoint-{step} atomically: temporary folder, manifest of sizes and hashes, rename.
 
-    The manifest also keeps the step and the training time so far, which a resumed run continues from."""
+    The manifest also keeps the step, the training time so far, which a resumed run continues from, and
+    the run's signature (model config, tokenizer), which a resuming run must match."""
     final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     temporary = Path(output_dir) / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
@@ -344,7 +376,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, limit:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {str(p.relative_to(temporary)): (p.stat().st_size, _sha256(p)) for p in temporary.rglob("*") if p.is_file()}
-        (temporary / MANIFEST_NAME).write_text(json.dumps({"step": step, "training_seconds": training_seconds, "files": files}, indent=1))
+        manifest = {"step": step, "training_seconds": training_seconds, "signature": signature or {}, "files": files}
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
+        (temporary / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         if limit is not None:
@@ -383,24 +417,26 @@ def _decay_groups(parameters: list[torch.nn.Parameter], weight_decay: float) -> 
     ]
 
 
-def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every process (all must agree to skip, or DDP would hang)."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
+def _all_finite(accelerator: Accelerator, finite: torch.Tensor) -> bool:
+    """Whether every process saw only finite losses (all must agree to skip a step, or DDP would hang)."""
+    finite = finite.float().reshape(1)
     if accelerator.num_processes > 1:
         finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
     return bool(finite.item() == 1.0)
 
 
-def _save_samples(model, path: Path, num_samples: int, seed: int) -> None:
+def save_samples(model, path: Path, num_samples: int, seed: int = 0) -> Path:
+    """`num_samples` samples of a fixed seed: a PNG grid for images, a text file for text; returns the file."""
     from .data import save_image_grid
 
     with torch.no_grad():
         samples = model.sample(num_samples, generator=torch.Generator().manual_seed(seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(samples, torch.Tensor):
         save_image_grid(samples, path.with_suffix(".png"))
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".txt").write_text("\n\n----\n\n".join(samples), encoding="utf-8")
+        return path.with_suffix(".png")
+    path.with_suffix(".txt").write_text("\n\n----\n\n".join(samples), encoding="utf-8")
+    return path.with_suffix(".txt")
 
 
 def _truncate_history(history_file: Path, step: int) -> None:
@@ -433,6 +469,191 @@ def plot_history(history_file: Path, output_file: Path) -> None:
     plt.close(figure)
 
 
+@contextmanager
+def _averaged(ema: EMA | None, model: torch.nn.Module) -> Iterator[None]:
+    if ema is None:
+        yield
+    else:
+        with ema.applied_to(list(model.parameters())):
+            yield
+
+
+# --- the phases of a run -------------------------------------------------------------------------------
+
+
+def run_signature(model: torch.nn.Module) -> dict:
+    """What a checkpoint must share with the run that resumes it: the `config_signature()` of every module
+    that has one (a model's config; a GPT's tokenizer too), by module name."""
+    signature = {name or "model": module.config_signature() for name, module in model.named_modules()
+                 if callable(getattr(module, "config_signature", None))}
+    return json.loads(json.dumps(signature))  # tuples become lists, as in the saved manifest
+
+
+def _signature_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None:
+    """The first field where two signatures differ, as 'name: saved -> current'."""
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _signature_mismatch(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} in the checkpoint, {b!r} in this run"
+    return None
+
+
+def prepare_output_dir(config: TrainingConfig, accelerator: Accelerator) -> Path:
+    """Refuse to train into a folder that holds a model or checkpoints, unless resuming or told to overwrite."""
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir} is a file; give a folder")
+    has_model = any((output_dir / name).is_file() for name in ("config.json", "model_index.json"))
+    has_checkpoints = bool(list_checkpoints(output_dir))
+    if (has_model or has_checkpoints) and not config.resume_from_checkpoint:
+        if not config.overwrite_output_dir:
+            raise UserError(f"--output_dir {output_dir} already holds {'a trained model' if has_model else 'checkpoints'}; "
+                            "continue it with --resume_from_checkpoint latest, replace it with --overwrite_output_dir, "
+                            "or choose another --output_dir")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # the old run's checkpoints and history must not mix with the new one's
+            for old in [*list_checkpoints(output_dir), output_dir / "logs", output_dir / "samples"]:
+                shutil.rmtree(old, ignore_errors=True)
+    if accelerator.is_main_process:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create --output_dir {output_dir}: {err.strerror}") from err
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def initialize_from_data(model: torch.nn.Module, dataset: Dataset, config: TrainingConfig,
+                         collate_fn: Callable | None) -> None:
+    """The data-dependent initialization hook: if the model defines `initialize_from_data(batch)` (Glow's
+    act-norm), call it once, before training and before the EMA copy, on the same `init_batch_size` items on
+    every process (a seeded choice of the training set), so every replica starts from identical weights. The
+    result lives in ordinary parameters, saved with the weights: a loaded model never initializes again."""
+    hook = getattr(model, "initialize_from_data", None)
+    if hook is None:
+        return
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed or 0))
+    items = [dataset[int(i)] for i in order[: config.init_batch_size]]
+    batch = (collate_fn or default_collate)(items)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        hook({key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()})
+
+
+def resume(accelerator: Accelerator, config: TrainingConfig, signature: dict) -> tuple[int, float]:
+    """Load the checkpoint the run asks for: -> (its step, the training seconds before it); (0, 0.0) when not
+    resuming. Refuses a checkpoint whose model differs from this run's, naming the field."""
+    if not config.resume_from_checkpoint:
+        return 0, 0.0
+    checkpoint = find_resume_checkpoint(config.output_dir, config.resume_from_checkpoint)
+    manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
+    mismatch = _signature_mismatch(manifest.get("signature", {}), signature)
+    if mismatch:
+        raise UserError(f"cannot resume from {checkpoint}: the model differs ({mismatch}); "
+                        "resume with the flags and data of that run, or train into another --output_dir")
+    accelerator.load_state(str(checkpoint))
+    if accelerator.is_main_process:
+        _truncate_history(Path(config.output_dir) / "logs" / HISTORY_NAME, manifest["step"])
+    logger.info("resumed from %s at step %d", checkpoint, manifest["step"])
+    return manifest["step"], manifest["training_seconds"]
+
+
+@dataclass
+class Run:
+    """What the phases of one run share once it is prepared."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (DDP-wrapped on several processes); called only through forward
+    unwrapped: torch.nn.Module
+    players: list[Player]
+    optimizers: list
+    schedulers: list
+    ema: EMA | None
+    loader: DataLoader
+    batches_per_step: int  # batches one training step takes on each process: every player's steps, accumulated
+    max_train_steps: int
+    config: TrainingConfig
+    batches: Iterator[dict] = iter(())  # set once the starting step is known
+
+
+def optimizer_step(run: Run, player: Player, optimizer, scheduler) -> dict[str, torch.Tensor] | None:
+    """One optimizer step of one player over `gradient_accumulation_steps` batches: -> the summed scalar
+    outputs to log, or None when a loss was NaN/inf on any process (the step is dropped as a whole; the
+    check is one host sync per optimizer step)."""
+    multi_player = len(run.players) > 1
+    totals: dict[str, torch.Tensor] = {}
+    finite = torch.ones((), dtype=torch.bool, device=run.accelerator.device)
+    for _ in range(run.config.gradient_accumulation_steps):
+        batch = next(run.batches)
+        with run.accelerator.accumulate(run.model):
+            outputs = run.model(batch, player=player.name) if multi_player else run.model(batch)
+            run.accelerator.backward(outputs["loss"])
+        finite &= torch.isfinite(outputs["loss"].detach())
+        for key, value in outputs.items():
+            if value.numel() == 1:
+                totals[key] = totals.get(key, 0.0) + value.detach().float()
+    ok = _all_finite(run.accelerator, finite)
+    if ok:
+        if run.config.max_grad_norm > 0:
+            run.accelerator.clip_grad_norm_(player.parameters, run.config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+    # The whole model: one player's backward also fills the other players' gradients.
+    run.model.zero_grad(set_to_none=True)
+    return totals if ok else None
+
+
+def publish(run: Run, training_seconds: float, eval_fn: Callable | None, model_card_kwargs: dict | None) -> None:
+    """The end of a run: evaluate, then on the main process the final samples, the model and card, the loss
+    plot and, if asked, the upload; EMA weights when the run keeps them."""
+    accelerator, unwrapped, config = run.accelerator, run.unwrapped, run.config
+    output_dir = Path(config.output_dir)
+    unwrapped.eval()
+    with _averaged(run.ema, unwrapped):
+        metrics = eval_fn(unwrapped, accelerator) if eval_fn is not None else {}
+        if accelerator.is_main_process:
+            card = {"training_command": training_command(), "training_time": f"{training_seconds:.0f} s wall-clock "
+                    f"on {accelerator.num_processes} process(es), {accelerator.device.type}", **(model_card_kwargs or {}),
+                    "metrics": metrics}
+            grid = save_samples(unwrapped, output_dir / "samples", config.num_sample_images, config.seed or 0) \
+                if hasattr(unwrapped, "sample") else None
+            unwrapped.save_pretrained(output_dir, model_card_kwargs=card)
+            history_file = output_dir / "logs" / HISTORY_NAME
+            if history_file.is_file():
+                plot_history(history_file, output_dir / "loss.png")
+            if config.push_to_hub:  # a fresh folder with the model, its card and grid: no checkpoints, no logs
+                unwrapped.push_to_hub(config.hub_model_id, token=config.hub_token, model_card_kwargs=card, sample_grid=grid)
+        final_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+    unwrapped.load_state_dict(final_state)  # the returned model holds the weights that were saved
+
+
+def _write_run_info(run: Run, global_step: int, skipped: int, training_seconds: float) -> None:
+    """logs/run.json: processes, effective batch, and a checksum of every replica's weights (DDP keeps them equal)."""
+    checksum = torch.stack([p.detach().double().sum() for p in run.unwrapped.parameters()]).sum().reshape(1)
+    replica_checksums = run.accelerator.gather(checksum.to(run.accelerator.device)).tolist()
+    if len(set(replica_checksums)) > 1:
+        logger.error("replicas diverged: parameter checksums %s", replica_checksums)
+    if run.accelerator.is_main_process:
+        config = run.config
+        info = {
+            "num_processes": run.accelerator.num_processes,
+            "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * run.accelerator.num_processes,
+            "global_step": global_step,
+            "skipped_nonfinite_steps": skipped,
+            "training_seconds": training_seconds,
+            "replica_checksums": replica_checksums,
+        }
+        (Path(config.output_dir) / "logs").mkdir(parents=True, exist_ok=True)
+        (Path(config.output_dir) / "logs" / "run.json").write_text(json.dumps(info, indent=1))
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+
 def train(
     model: torch.nn.Module,
     train_dataset: Dataset,
@@ -448,190 +669,140 @@ def train(
 
     eval_fn(model, accelerator) -> metrics for the model card, run on every process at the end.
     """
+    run = _prepare(model, train_dataset, config, players, collate_fn)
+    signature = run_signature(run.unwrapped)
+    global_step, seconds_before = resume(run.accelerator, config, signature)
+    run.batches = _batches(run, global_step)
+    max_train_steps = run.max_train_steps
+    history = _History(run, config.output_dir)
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="training", disable=not run.accelerator.is_main_process)
+    consecutive_nonfinite, skipped, start = 0, 0, time.perf_counter()
+    run.model.train()
+    while global_step < max_train_steps:
+        # 1. One training step: every player's optimizer steps, in order.
+        outputs = [(player, optimizer_step(run, player, optimizer, scheduler))
+                   for player, optimizer, scheduler in zip(run.players, run.optimizers, run.schedulers)
+                   for _ in range(player.steps)]
+        if any(totals is None for _, totals in outputs):
+            consecutive_nonfinite, skipped = consecutive_nonfinite + 1, skipped + 1
+            _stop_if_diverged(consecutive_nonfinite, global_step, config)
+            continue
+        consecutive_nonfinite, global_step = 0, global_step + 1
+        if run.ema is not None:
+            run.ema.update(list(run.unwrapped.parameters()))
+        progress.update(1)
+        # 2. Logs, checkpoints and sample grids, each on its own period.
+        history.add(outputs)
+        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
+            progress.set_postfix(history.write(global_step, skipped, time.perf_counter() - start))
+        if global_step % config.checkpointing_steps == 0 and global_step < max_train_steps:
+            save_checkpoint(run.accelerator, config.output_dir, global_step, config.checkpoints_total_limit,
+                            seconds_before + time.perf_counter() - start, signature)
+        if (config.save_images_steps and global_step % config.save_images_steps == 0 and run.accelerator.is_main_process
+                and hasattr(run.unwrapped, "sample")):
+            with _averaged(run.ema, run.unwrapped):
+                run.unwrapped.eval()
+                save_samples(run.unwrapped, Path(config.output_dir) / "samples" / f"step-{global_step:06d}",
+                             config.num_sample_images, config.seed or 0)
+                run.unwrapped.train()
+    progress.close()
+    training_seconds = seconds_before + time.perf_counter() - start
+    save_checkpoint(run.accelerator, config.output_dir, global_step, config.checkpoints_total_limit, training_seconds, signature)
+    _write_run_info(run, global_step, skipped, training_seconds)
+    publish(run, training_seconds, eval_fn, model_card_kwargs)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return run.unwrapped
+
+
+def _prepare(model: torch.nn.Module, dataset: Dataset, config: TrainingConfig, players: list[Player] | None,
+             collate_fn: Callable | None) -> Run:
+    """Accelerator, output folder, data-dependent initialization, optimizers and schedulers, EMA: all prepared."""
     from diffusers.optimization import get_scheduler
 
     players = players or [Player("model", list(model.parameters()))]
-    multi_player = len(players) > 1
-    accelerator = _make_accelerator(config, multi_player)
+    accelerator = _make_accelerator(config, multi_player=len(players) > 1)
     if config.mixed_precision == "fp16" and not accelerator.native_amp:
         raise UserError(f"--mixed_precision fp16 needs a GPU; on the {accelerator.device.type.upper()} use bf16")
     set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-
+    prepare_output_dir(config, accelerator)
+    if not config.resume_from_checkpoint:  # a resumed run's weights come from its checkpoint
+        initialize_from_data(model, dataset, config, collate_fn)
     # The loader's own generator: iterating must not draw from the global RNG, or a resumed run, which
     # starts its iterator at another point of the RNG stream, would see other model noise.
-    loader = DataLoader(train_dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True,
                         num_workers=config.dataloader_num_workers, collate_fn=collate_fn,
                         generator=torch.Generator().manual_seed(config.seed or 0))
     if len(loader) == 0:
-        raise UserError(f"the training set ({len(train_dataset)} items) is smaller than --train_batch_size {config.train_batch_size}")
-    # Batches one training step consumes on each process: every player's steps, each accumulated.
-    batches_per_step = sum(p.steps for p in players) * config.gradient_accumulation_steps
+        raise UserError(f"the training set ({len(dataset)} items) is smaller than --train_batch_size {config.train_batch_size}")
     optimizers = [
         torch.optim.AdamW(_decay_groups(p.parameters, config.adam_weight_decay), lr=config.learning_rate,
                           betas=(config.adam_beta1, config.adam_beta2))
         for p in players
     ]
     model, loader, *optimizers = accelerator.prepare(model, loader, *optimizers)
-    steps_per_epoch = max(1, len(loader) // batches_per_step)
-    max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+    batches_per_step = sum(p.steps for p in players) * config.gradient_accumulation_steps
+    max_train_steps = config.max_train_steps or config.num_epochs * max(1, len(loader) // batches_per_step)
     # Prepared schedulers step once per process per optimizer step, hence the factor num_processes.
     schedulers = [
-        get_scheduler(config.lr_scheduler, optimizer,
-                      num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-                      num_training_steps=max_train_steps * player.steps * accelerator.num_processes)
+        accelerator.prepare(get_scheduler(config.lr_scheduler, optimizer,
+                                          num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+                                          num_training_steps=max_train_steps * player.steps * accelerator.num_processes))
         for player, optimizer in zip(players, optimizers)
     ]
-    schedulers = list(accelerator.prepare(*schedulers)) if len(schedulers) > 1 else [accelerator.prepare(schedulers[0])]
     unwrapped = accelerator.unwrap_model(model)
     ema = EMA(list(unwrapped.parameters()), config.ema_decay) if config.use_ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-
-    global_step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
-    if config.resume_from_checkpoint:
-        checkpoint = find_resume_checkpoint(config.output_dir, config.resume_from_checkpoint)
-        if checkpoint is None:
-            logger.info("no checkpoint in %s: starting from scratch", config.output_dir)
-        else:
-            accelerator.load_state(str(checkpoint))
-            manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
-            global_step, seconds_before = manifest["step"], manifest.get("training_seconds", 0.0)
-            if accelerator.is_main_process:
-                _truncate_history(output_dir / "logs" / HISTORY_NAME, global_step)
-            logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process and config.report_to:
         flat = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
         accelerator.init_trackers("gm-hub", config=flat)
-
-    def batches() -> Iterator[dict]:
-        """Batches from where `global_step` left off: epoch and position follow from the step."""
-        consumed = global_step * batches_per_step
-        epoch, skip = divmod(consumed, len(loader))
-        while True:
-            loader.set_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-            yield from epoch_loader
-            epoch, skip = epoch + 1, 0
-
-    batch_iterator = batches()
-    running: dict[str, list] = {}  # name -> [sum of values, number of values] since the last log
-    consecutive_nonfinite, total_skipped = 0, 0
-    history_file = output_dir / "logs" / HISTORY_NAME
-    progress = tqdm(total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
-    start = time.perf_counter()
-    model.train()
-    while global_step < max_train_steps:
-        step_finite = True
-        for player, optimizer, scheduler in zip(players, optimizers, schedulers):
-            for _ in range(player.steps):
-                skip_update = False
-                for _ in range(config.gradient_accumulation_steps):
-                    batch = next(batch_iterator)
-                    with accelerator.accumulate(model):
-                        outputs = model(batch, player=player.name) if multi_player else model(batch)
-                        loss = outputs["loss"]
-                        if not _all_finite(accelerator, loss):
-                            skip_update = True  # this optimizer step is dropped as a whole
-                        if not skip_update:
-                            accelerator.backward(loss)
-                            if accelerator.sync_gradients and config.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(player.parameters, config.max_grad_norm)
-                            optimizer.step()
-                            scheduler.step()
-                        if accelerator.sync_gradients:
-                            # The whole model: one player's backward also fills the other players' gradients.
-                            model.zero_grad(set_to_none=True)
-                    for key, value in outputs.items():
-                        if not skip_update and value.numel() == 1:
-                            name = f"{player.name}/{key}" if multi_player else key
-                            total = running.setdefault(name, [0.0, 0])
-                            total[0], total[1] = total[0] + value.detach().float(), total[1] + 1
-                if skip_update:
-                    model.zero_grad(set_to_none=True)
-                    step_finite = False
-        if not step_finite:
-            consecutive_nonfinite += 1
-            total_skipped += 1
-            if consecutive_nonfinite >= config.max_nonfinite_steps:
-                kept = list_checkpoints(config.output_dir)
-                raise NonFiniteLossError(
-                    f"{consecutive_nonfinite} training steps in a row had a NaN/inf loss (at step {global_step}); "
-                    f"the last good checkpoint is {kept[-1] if kept else 'none'}. "
-                    "Lower --learning_rate, or train with --mixed_precision no."
-                )
-            continue
-        consecutive_nonfinite = 0
-        global_step += 1
-        if ema is not None:
-            ema.update(list(unwrapped.parameters()))
-        progress.update(1)
-
-        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
-            logs = {k: (total / count).item() for k, (total, count) in running.items()}
-            logs["lr"] = schedulers[0].get_last_lr()[0]
-            logs["skipped_nonfinite_steps"] = total_skipped
-            running = {}
-            accelerator.log(logs, step=global_step)
-            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.endswith("loss")})
-            if accelerator.is_main_process:
-                history_file.parent.mkdir(parents=True, exist_ok=True)
-                with open(history_file, "a") as f:
-                    f.write(json.dumps({"step": global_step, "time": time.perf_counter() - start, **logs}) + "\n")
-        if global_step % config.checkpointing_steps == 0 and global_step < max_train_steps:
-            save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit,
-                            seconds_before + time.perf_counter() - start)
-        if config.save_images_steps and global_step % config.save_images_steps == 0 and accelerator.is_main_process:
-            with _averaged(ema, unwrapped):
-                unwrapped.eval()
-                _save_samples(unwrapped, output_dir / "samples" / f"step-{global_step:06d}", config.num_sample_images, config.seed or 0)
-                unwrapped.train()
-    progress.close()
-    training_seconds = seconds_before + time.perf_counter() - start
-
-    save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit, training_seconds)
-    # Replicas must hold identical weights (DDP syncs gradients); the checksums make that visible.
-    checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum().reshape(1)
-    replica_checksums = accelerator.gather(checksum.to(accelerator.device)).tolist()
-    if len(set(replica_checksums)) > 1:
-        logger.error("replicas diverged: parameter checksums %s", replica_checksums)
-    if accelerator.is_main_process:
-        run_info = {
-            "num_processes": accelerator.num_processes,
-            "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
-            "global_step": global_step,
-            "skipped_nonfinite_steps": total_skipped,
-            "training_seconds": training_seconds,
-            "replica_checksums": replica_checksums,
-        }
-        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (output_dir / "logs" / "run.json").write_text(json.dumps(run_info, indent=1))
-    unwrapped.eval()
-    with _averaged(ema, unwrapped):
-        metrics = eval_fn(unwrapped, accelerator) if eval_fn is not None else {}
-        if accelerator.is_main_process:
-            card = {"training_command": training_command(), "training_time": f"{training_seconds:.0f} s wall-clock "
-                    f"on {accelerator.num_processes} process(es), {accelerator.device.type}", **(model_card_kwargs or {}),
-                    "metrics": metrics}
-            unwrapped.save_pretrained(output_dir, model_card_kwargs=card)
-            if history_file.is_file():
-                plot_history(history_file, output_dir / "loss.png")
-            if config.push_to_hub:
-                # The mixin saves into a fresh temporary folder and uploads that: no checkpoints, no logs.
-                unwrapped.push_to_hub(config.hub_model_id, token=config.hub_token, model_card_kwargs=card)
-        final_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-    unwrapped.load_state_dict(final_state)  # the returned model holds the weights that were saved
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return unwrapped
+    return Run(accelerator, model, unwrapped, players, optimizers, schedulers, ema, loader, batches_per_step,
+               max_train_steps, config)
 
 
-@contextmanager
-def _averaged(ema: EMA | None, model: torch.nn.Module) -> Iterator[None]:
-    if ema is None:
-        yield
-    else:
-        with ema.applied_to(list(model.parameters())):
-            yield
+def _batches(run: Run, global_step: int) -> Iterator[dict]:
+    """Batches from where `global_step` left off: epoch and position follow from the step."""
+    loader = run.loader
+    epoch, skip = divmod(global_step * run.batches_per_step, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from (run.accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+def _stop_if_diverged(consecutive_nonfinite: int, global_step: int, config: TrainingConfig) -> None:
+    if consecutive_nonfinite >= config.max_nonfinite_steps:
+        kept = list_checkpoints(config.output_dir)
+        raise NonFiniteLossError(
+            f"{consecutive_nonfinite} training steps in a row had a NaN/inf loss (at step {global_step}); "
+            f"the last good checkpoint is {kept[-1] if kept else 'none'}. "
+            "Lower --learning_rate, or train with --mixed_precision no."
+        )
+
+
+class _History:
+    """Running means of the logged scalars, written to the trackers and logs/history.jsonl every N steps."""
+
+    def __init__(self, run: Run, output_dir: str):
+        self.run, self.file, self.running = run, Path(output_dir) / "logs" / HISTORY_NAME, {}
+
+    def add(self, outputs: list[tuple[Player, dict[str, torch.Tensor]]]) -> None:
+        multi_player = len(self.run.players) > 1
+        for player, totals in outputs:
+            for key, total in totals.items():
+                name = f"{player.name}/{key}" if multi_player else key
+                sum_, count = self.running.get(name, (0.0, 0))
+                self.running[name] = (sum_ + total, count + self.run.config.gradient_accumulation_steps)
+
+    def write(self, step: int, skipped: int, seconds: float) -> dict[str, str]:
+        logs = {k: (total / count).item() for k, (total, count) in self.running.items()}
+        logs["lr"] = self.run.schedulers[0].get_last_lr()[0]
+        logs["skipped_nonfinite_steps"] = skipped
+        self.running = {}
+        self.run.accelerator.log(logs, step=step)
+        if self.run.accelerator.is_main_process:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.file, "a") as f:
+                f.write(json.dumps({"step": step, "time": seconds, **logs}) + "\n")
+        return {k: f"{v:.4g}" for k, v in logs.items() if k.endswith("loss")}

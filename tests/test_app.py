@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
+from gm_hub import demo
+from gm_hub.demo import gan as gan_tab
+from gm_hub.demo import gpt as gpt_tab
+from gm_hub.demo import vae as vae_tab
 from gm_hub.models.vae import VAE, VAEConfig
+from gm_hub.registry import get_family
 
 
 @pytest.fixture(scope="module")
@@ -54,42 +59,79 @@ def app_module(tiny_vae, tiny_gan, tiny_gpt, monkeypatch):
     sys.path.insert(0, str(REPO_ROOT))
     import app
 
-    app.get_model.cache_clear()
+    demo._load.cache_clear()
     yield app
+    demo._load.cache_clear()
     sys.path.remove(str(REPO_ROOT))
 
 
-def test_handlers_sample_and_interpolate(app_module):
-    first, again = app_module.sample_vae(9, 3), app_module.sample_vae(9, 3)
-    assert first.size == (2 + 3 * 86, 2 + 3 * 86)  # 3 x 3 grid of 84-pixel digits
-    assert np.array_equal(np.asarray(first), np.asarray(again))
-    assert not np.array_equal(np.asarray(first), np.asarray(app_module.sample_vae(9, 4)))
-    line = app_module.interpolate_vae(1, 7, 5)
+def pixels(image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_vae_tab_samples_what_the_model_samples(app_module):
+    family = get_family("vae")
+    (first, took), (again, _) = vae_tab.sample(family, 9, 3, True), vae_tab.sample(family, 9, 3, True)
+    assert first.size == (2 + 3 * 86, 2 + 3 * 86) and took.endswith("on CPU")  # 3 x 3 grid of 84-pixel digits
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(vae_tab.sample(family, 9, 4, True)[0]))
+    expected = demo.get_model(family).sample(9, generator=torch.Generator().manual_seed(3), most_likely_pixels=True)
+    assert pixels(first.convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()  # every third upscaled pixel
+    line, _ = vae_tab.interpolate(family, 1, 7, 5)
     assert line.size == (2 + 5 * 86, 2 + 86)
-    assert app_module.get_model("vae") is app_module.get_model("vae")  # loaded once per process
+    assert demo.get_model(family) is demo.get_model(family)  # loaded once per process
 
 
-def test_gan_handlers(app_module):
-    grid = app_module.sample_gan(4, 0, 0.0)
-    assert grid.size == (2 + 2 * 86, 2 + 2 * 86)
-    assert np.asarray(app_module.sample_gan(4, 0, 1.0)).shape == np.asarray(grid).shape
-    line = app_module.interpolate_gan(1, 2, 4, True)
+def test_gan_tab_truncation_and_interpolation(app_module):
+    family = get_family("gan")
+    grid, _ = gan_tab.sample(family, 4, 0, 0.0)
+    truncated, _ = gan_tab.sample(family, 4, 0, 1.0)
+    assert grid.size == truncated.size == (2 + 2 * 86, 2 + 2 * 86)
+    assert not np.array_equal(pixels(grid), pixels(truncated))  # truncation changes the latents
+    generator = demo.get_model(family)
+    expected = generator.sample(4, torch.Generator().manual_seed(0), truncation=1.0)
+    assert pixels(truncated.convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()
+    line, _ = gan_tab.interpolate(family, 1, 2, 4, True)
     assert line.size == (2 + 4 * 86, 2 + 86)
 
 
-def test_gpt_streams_the_same_text_as_generate(app_module):
-    updates = list(app_module.generate_text("Speak", 20, 0.8, 0, 1.0, 1.0, 3))
-    assert len(updates) > 1 and all(u.startswith("Speak") for u in updates)
-    expected = app_module.get_model("gpt").generate("Speak", 20, temperature=0.8, seed=3)
-    assert updates[-1] == "Speak" + expected
-    with pytest.raises(app_module.gr.Error, match="outside"):
-        list(app_module.generate_text("Speak \u00e9", 5, 0.8, 0, 1.0, 1.0, 0))
+def test_text_tab_streams_only_the_new_text_and_joins_to_generate(app_module):
+    family = get_family("gpt")
+    updates = list(gpt_tab.generate(family, "Speak", 20, 0.8, 0, 1.0, 1.0, 3))
+    expected = demo.get_model(family).generate("Speak", 20, temperature=0.8, seed=3)
+    assert updates[-1] == expected and all(expected.startswith(u) for u in updates)  # growing prefixes, no prompt
+    with pytest.raises(demo.gr.Error, match="outside"):
+        list(gpt_tab.generate(family, "Speak \u00e9", 5, 0.8, 0, 1.0, 1.0, 0))
 
 
-def test_demo_has_a_tab_and_named_endpoints(app_module):
-    demo = app_module.build_demo()
-    api_names = {dependency.api_name for dependency in demo.fns.values()}
+@pytest.mark.parametrize("call, field", [
+    (lambda f: vae_tab.sample(f("vae"), float("nan"), 0, True), "Number of samples"),
+    (lambda f: vae_tab.sample(f("vae"), 65, 0, True), "Number of samples"),
+    (lambda f: vae_tab.sample(f("vae"), 4, 2**64, True), "Seed"),
+    (lambda f: vae_tab.sample(f("vae"), 4, float("inf"), True), "Seed"),
+    (lambda f: gan_tab.sample(f("gan"), 4, 0, float("nan")), "Truncation"),
+    (lambda f: gan_tab.interpolate(f("gan"), 1, 2, 100, True), "Steps"),
+    (lambda f: list(gpt_tab.generate(f("gpt"), "x" * 3000, 16, 0.8, 0, 1.0, 1.0, 0)), "Prompt"),
+    (lambda f: list(gpt_tab.generate(f("gpt"), "Speak", 16, float("nan"), 0, 1.0, 1.0, 0)), "Temperature"),
+])
+def test_bad_numbers_get_a_message_naming_the_field(app_module, call, field):
+    with pytest.raises(demo.gr.Error, match=field):
+        call(get_family)
+
+
+def test_demo_has_a_tab_per_family_and_named_endpoints(app_module):
+    built = app_module.build_demo()
+    api_names = {dependency.api_name for dependency in built.fns.values()}
     assert {"sample_vae", "interpolate_vae", "sample_gan", "interpolate_gan", "generate_text"} <= api_names
+
+
+def test_a_family_that_fails_to_load_shows_why_in_its_own_tab(app_module, monkeypatch, tmp_path):
+    monkeypatch.setenv("GM_HUB_GAN_MODEL", str(tmp_path / "missing"))
+    built = app_module.build_demo()
+    texts = [block.value or "" for block in built.blocks.values() if isinstance(block, demo.gr.Markdown)]
+    assert any("not available" in text and "missing" in text for text in texts)
+    api_names = {dependency.api_name for dependency in built.fns.values()}
+    assert "sample_vae" in api_names and "sample_gan" not in api_names  # the other tabs still work
 
 
 def free_port() -> int:
@@ -125,8 +167,9 @@ def test_space_folder_serves_the_same_app_over_http(tiny_vae, tmp_path):
             except Exception:  # not listening yet
                 time.sleep(0.5)
         assert client is not None, "the app did not start within 90 s"
-        path = client.predict(4, 11, False, api_name="/sample_vae")
+        path, took = client.predict(4, 11, False, api_name="/sample_vae")
         image = Image.open(path)
+        assert took.endswith("on CPU")
         assert image.size == (2 + 2 * 86, 2 + 2 * 86)
         expected = VAE.from_pretrained(tiny_vae).sample(4, generator=torch.Generator().manual_seed(11))
         assert np.asarray(image.convert("L"))[2:86, 2:86].mean() == pytest.approx(expected[0].float().mean().item(), abs=1.0)

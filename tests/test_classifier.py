@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from conftest import run_script
-from gm_hub.data import ImageDataConfig, load_image_datasets
+from gm_hub.data import ImageDataConfig, load_embedded_mnist, load_image_datasets
+from gm_hub.distributions import to_unit_range
 from gm_hub.hub import ConfigError, load_model
-from gm_hub.metrics import classifier_accuracy, default_classifier_path
+from gm_hub.metrics import classifier_accuracy, default_classifier_path, load_digit_classifier
 from gm_hub.models.classifier import DigitClassifier, DigitClassifierConfig, outlier_images, random_affine
 
 TINY = DigitClassifierConfig(hidden_channels=4, feature_dim=8)
@@ -24,7 +25,7 @@ def test_shipped_weights_classify_held_out_digits():
 def test_shipped_config_is_the_default_architecture():
     with open(f"{default_classifier_path()}/config.json") as f:
         config = json.load(f)
-    assert config["_class_name"] == "DigitClassifier"
+    assert config["_gm_hub_class"] == "DigitClassifier"
     assert {k: v for k, v in config.items() if not k.startswith("_")} == DigitClassifierConfig().__dict__
 
 
@@ -50,14 +51,33 @@ def test_loss_accuracy_and_gradients():
 def test_augmentation_is_the_identity_at_zero_and_keeps_digits_in_frame():
     images = torch.rand(4, 1, 28, 28)
     assert torch.allclose(random_affine(images, 0.0, 0.0, 0.0), images, atol=1e-5)
-    moved = random_affine(images, 12.0, 2.5, 0.1)
-    assert moved.shape == images.shape and not torch.allclose(moved, images)
+    digits = to_unit_range(load_embedded_mnist().images[:200]) + 1  # ink >= 0, background 0
+    torch.manual_seed(0)
+    moved = random_affine(digits, 12.0, 2.5, 0.1)
+    assert moved.shape == digits.shape and not torch.allclose(moved, digits)
+    # In frame: the digits keep their ink (a scale of +-10% changes it by at most ~21%), and little of it
+    # touches the 1-pixel border, where a shift of half the frame puts over a quarter.
+    def border_share(images):
+        border = images.clone()
+        border[:, :, 1:-1, 1:-1] = 0
+        return border.sum((1, 2, 3)) / images.sum((1, 2, 3))
+
+    assert (moved.sum((1, 2, 3)) / digits.sum((1, 2, 3))).min() > 0.75
+    assert border_share(moved).max() < 0.1
+    assert border_share(random_affine(digits, 0.0, 14.0, 0.0)).max() > 0.2  # the check can fail
 
 
 def test_outliers_are_no_digits_but_keep_the_range():
-    digits = torch.rand(6, 1, 28, 28) * 2 - 1
+    digits = to_unit_range(load_embedded_mnist().images[:200])
+    torch.manual_seed(0)
     outliers = outlier_images(digits)
     assert outliers.shape == digits.shape and outliers.min() >= -1 and outliers.max() <= 1
+    # No digits: the shipped classifier is not confident about them, as it is about the real digits.
+    classifier = load_digit_classifier()
+    _, real_probabilities, _ = classifier.predict(digits.add(1).mul(127.5).round().to(torch.uint8))
+    _, probabilities, _ = classifier.predict(outliers.add(1).mul(127.5).round().to(torch.uint8))
+    assert (real_probabilities.max(1).values >= 0.9).float().mean() > 0.9
+    assert (probabilities.max(1).values >= 0.9).float().mean() < 0.1
 
 
 def test_save_load_gives_identical_predictions_and_no_sample_grid(tmp_path):

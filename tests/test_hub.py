@@ -26,9 +26,9 @@ def saved(tmp_path):
 
 
 def test_saved_folder_layout_and_card(saved):
-    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors", "samples.png"]
+    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # saving never samples
     config = json.loads((saved / "config.json").read_text())
-    assert config["_class_name"] == "VAE" and config["latent_dim"] == 4
+    assert config["_gm_hub_class"] == "VAE" and config["latent_dim"] == 4
     metadata = yaml.safe_load((saved / "README.md").read_text().split("---")[1])
     assert metadata["library_name"] == "gm-hub" and {"vae", "gm-hub"} <= set(metadata["tags"])
     assert metadata["model-index"][0]["results"][0]["metrics"][0] == {"type": "bits_per_dim", "value": 1.25, "name": "bits_per_dim"}
@@ -91,7 +91,7 @@ def test_absurd_sizes_are_refused_before_any_allocation(saved):
 
 
 def test_config_from_dict_round_trip():
-    assert config_from_dict(VAEConfig, {"latent_dim": 7, "_class_name": "VAE"}) == VAEConfig(latent_dim=7)
+    assert config_from_dict(VAEConfig, {"latent_dim": 7, "_gm_hub_class": "VAE"}) == VAEConfig(latent_dim=7)
 
 
 def test_repo_id_loads_offline_from_the_hugging_face_cache(saved, tmp_path, monkeypatch):
@@ -127,7 +127,10 @@ def test_push_to_hub_uploads_only_what_save_pretrained_writes(saved, monkeypatch
     (saved / "checkpoint-10").mkdir()  # a training folder's optimizer states must never travel
     (saved / "checkpoint-10" / "optimizer.bin").write_bytes(b"x")
     model = VAE.from_pretrained(saved)
-    model.push_to_hub("someone/tiny-vae", token="hf_secret_token", model_card_kwargs={"metrics": {"bits_per_dim": 1.0}})
+    grid = saved / "samples.png"
+    grid.write_bytes(b"png")
+    model.push_to_hub("someone/tiny-vae", token="hf_secret_token", model_card_kwargs={"metrics": {"bits_per_dim": 1.0}},
+                      sample_grid=grid)
     assert sent["repo_id"] == "someone/tiny-vae"
     assert sent["files"] == ["README.md", "config.json", "model.safetensors", "samples.png"]
     assert "hf_secret_token" not in sent["card"] and "bits_per_dim" in sent["card"]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import FAMILY_SCRIPTS, family_flags, run_script
 from gm_hub import load_model
+from gm_hub.registry import get_family
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_SCRIPTS))
@@ -23,7 +24,10 @@ def test_family_trains_on_two_processes_with_identical_replicas(family, tmp_path
     run = json.loads((out / "logs" / "run.json").read_text())
     assert run["num_processes"] == 2 and run["global_step"] == 2
     assert len(run["replica_checksums"]) == 2 and len(set(run["replica_checksums"])) == 1
-    assert load_model(str(out)) is not None
+    model = load_model(str(out))
+    assert type(model).__name__ == get_family(family).class_name and not model.training
+    weights = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().item()
+    assert weights == pytest.approx(run["replica_checksums"][0], rel=1e-6) or get_family(family).training_module
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_SCRIPTS))

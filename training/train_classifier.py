@@ -9,14 +9,15 @@ reports its accuracy on the MNIST test set (or on the validation split without -
 
 from gm_hub.data import ImageDataConfig, load_image_datasets
 from gm_hub.metrics import EvaluationConfig, image_evaluation
-from gm_hub.models.classifier import TRAINING_DEFAULTS, DigitClassifier, DigitClassifierConfig
+from gm_hub.models.classifier import DigitClassifier, DigitClassifierConfig
+from gm_hub.registry import get_family
 from gm_hub.training import TrainingConfig, parse_args, run_main, set_seed, train
 
 
 def main(argv: list[str] | None = None) -> None:
     training, data, evaluation, model_config = parse_args(
         [TrainingConfig, ImageDataConfig, EvaluationConfig, DigitClassifierConfig], argv, description=__doc__,
-        defaults=TRAINING_DEFAULTS,
+        defaults=get_family("classifier").training_defaults,
     )
     train_set, validation_set = load_image_datasets(data)
     eval_fn, card = image_evaluation(data, validation_set, evaluation)

@@ -4,28 +4,21 @@
     accelerate launch training/train_gan.py --adversarial_loss hinge --spectral_norm --discriminator_steps 2
     accelerate launch training/train_gan.py --resolution 32 --eval_data_dir ../shared/data/mnist
 
-Family defaults (Adam lr 2e-4, beta1 0.5, a constant schedule, EMA of G for sampling) come from
-`gm_hub.models.gan.TRAINING_DEFAULTS`; every flag still overrides them.
+Family defaults (Adam lr 2e-4, beta1 0.5, a constant schedule, EMA of G for sampling) come from the
+family's record in `gm_hub/registry.py`; every flag still overrides them.
 """
 
 from gm_hub.data import ImageDataConfig, load_image_datasets
 from gm_hub.metrics import EvaluationConfig, image_evaluation
-from gm_hub.models.gan import (
-    DISCRIMINATOR,
-    GAN,
-    GENERATOR,
-    TRAINING_DEFAULTS,
-    AdversarialConfig,
-    DiscriminatorConfig,
-    GeneratorConfig,
-)
+from gm_hub.models.gan import DISCRIMINATOR, GAN, GENERATOR, AdversarialConfig, DiscriminatorConfig, GeneratorConfig
+from gm_hub.registry import get_family
 from gm_hub.training import Player, TrainingConfig, parse_args, run_main, set_seed, train
 
 
 def main(argv: list[str] | None = None) -> None:
     training, data, evaluation, generator_config, discriminator_config, adversarial = parse_args(
         [TrainingConfig, ImageDataConfig, EvaluationConfig, GeneratorConfig, DiscriminatorConfig, AdversarialConfig],
-        argv, description=__doc__, defaults=TRAINING_DEFAULTS,
+        argv, description=__doc__, defaults=get_family("gan").training_defaults,
     )
     train_set, validation_set = load_image_datasets(data)
     eval_fn, card = image_evaluation(data, validation_set, evaluation)

@@ -32,25 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributions import to_unit_range
-from ..hub import ConfigError, HubModel
-
-# Training defaults of this family: `training/train_classifier.py` passes them to `parse_args`.
-TRAINING_DEFAULTS = {
-    "learning_rate": 2e-3,
-    "train_batch_size": 128,
-    "num_epochs": 40,
-    "lr_warmup_steps": 50,
-    "adam_weight_decay": 1e-4,
-    "checkpointing_steps": 1000,
-    "save_images_steps": 0,
-    "output_dir": "mnist-classifier",
-}
-
+from ..config import ConfigError, ImageShape, check_ranges
+from ..hub import HubModel
 
 @dataclass
-class DigitClassifierConfig:
-    resolution: int = 28  # images are resolution x resolution; divisible by 4 (two 2x2 poolings)
-    num_channels: int = 1
+class DigitClassifierConfig(ImageShape):
     num_classes: int = 10
     hidden_channels: int = 32  # width of the first stage; the second stage doubles it
     feature_dim: int = 128  # penultimate features: what classifier FID compares
@@ -62,21 +48,12 @@ class DigitClassifierConfig:
     outlier_fraction: float = 0.5  # outlier images per training batch, as a fraction of the batch size
 
     def __post_init__(self) -> None:
-        if self.resolution % 4 or not 4 <= self.resolution <= 256:
-            raise ConfigError(f"resolution must be a multiple of 4 in [4, 256], got {self.resolution}")
-        if self.num_channels not in (1, 3):
-            raise ConfigError(f"num_channels must be 1 or 3, got {self.num_channels}")
-        for name, low, high in (("num_classes", 2, 1000), ("hidden_channels", 1, 512), ("feature_dim", 1, 4096)):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name, high in (("max_rotation_degrees", 180.0), ("max_shift_pixels", self.resolution / 2), ("max_scale_change", 0.5),
-                           ("outlier_weight", 10.0), ("outlier_fraction", 1.0)):
-            value = getattr(self, name)
-            if not 0.0 <= value <= high:
-                raise ConfigError(f"{name} must be in [0, {high}], got {value}")
+        super().__post_init__()
+        if self.resolution % 4:  # two 2x2 poolings
+            raise ConfigError(f"resolution must be a multiple of 4, got {self.resolution}")
+        check_ranges(self, ("num_classes", 2, 1000), ("hidden_channels", 1, 512), ("feature_dim", 1, 4096),
+                     ("dropout", 0.0, 0.99), ("max_rotation_degrees", 0.0, 180.0), ("max_shift_pixels", 0.0, self.resolution / 2),
+                     ("max_scale_change", 0.0, 0.5), ("outlier_weight", 0.0, 10.0), ("outlier_fraction", 0.0, 1.0))
 
 
 def random_affine(images: torch.Tensor, max_degrees: float, max_shift: float, max_scale_change: float) -> torch.Tensor:

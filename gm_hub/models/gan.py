@@ -6,7 +6,7 @@ non-saturating -log D(G(z)) [1, section 3] instead of log(1 - D(G(z))), which gi
 wins early; the hinge loss of [3, 4] is an option, as is spectral normalization of D's weights [3].
 What is published and sampled is G (the `Generator` class, whose config names the latent size); `GAN`, the
 training module that holds G and D and computes each player's loss, is never published. Sampling offers the
-truncation trick of [5]: every |z_i| above a threshold is redrawn, trading variety for fidelity.
+truncation trick of [5]: z is drawn from a normal truncated to [-t, t], trading variety for fidelity.
 
 Departures from [2]: the first stage of G is a linear projection of z and the last of D a linear score
 (for 28 x 28 images the stages start at 7 x 7, not 4 x 4); with spectral normalization D has no batch norm,
@@ -21,6 +21,7 @@ as in [3]; weights start from N(0, 0.02) as in [2].
     https://arxiv.org/abs/1809.11096
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,58 +30,37 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..distributions import to_uint8, to_unit_range
-from ..hub import ConfigError, HubModel
+from ..config import ConfigError, ImageShape, check_ranges
+from ..hub import HubModel
 
 ADVERSARIAL_LOSSES = ("non_saturating", "hinge")
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"  # the players' names in the training loop
 
-# Training defaults of the family (flags still override them): Adam as in [2], a constant learning rate, no
-# gradient clipping, and an exponential moving average of the weights for sampling (on by default).
-TRAINING_DEFAULTS = {
-    "learning_rate": 2e-4,
-    "adam_beta1": 0.5,
-    "adam_beta2": 0.999,
-    "lr_scheduler": "constant",
-    "lr_warmup_steps": 0,
-    "max_grad_norm": 0.0,
-    "use_ema": True,
-    "ema_decay": 0.999,
-}
-
-
-def _check_image_shape(resolution: int, num_channels: int) -> None:
-    if resolution % 4 or not 8 <= resolution <= 256:
-        raise ConfigError(f"resolution must be a multiple of 4 in [8, 256], got {resolution}")
-    if num_channels not in (1, 3):
-        raise ConfigError(f"num_channels must be 1 or 3, got {num_channels}")
+def _check_stages(config: ImageShape) -> None:
+    if config.resolution % 4 or not 8 <= config.resolution <= 256:
+        raise ConfigError(f"resolution must be a multiple of 4 in [8, 256], got {config.resolution}")
 
 
 @dataclass
-class GeneratorConfig:
-    resolution: int = 28  # images are resolution x resolution; a multiple of 4 (28, 32, 64, ...)
-    num_channels: int = 1
+class GeneratorConfig(ImageShape):
     latent_dim: int = 100  # size of z ~ N(0, I), as in [2]
-    hidden_channels: int = 32  # width of the stage next to the image in G and D, doubled per stage toward 4 x 4 (DCGAN: 64-128)
+    hidden_channels: int = 32  # width of G's stage next to the image, doubled per stage toward 4 x 4 (DCGAN: 64-128)
 
     def __post_init__(self) -> None:
-        _check_image_shape(self.resolution, self.num_channels)
-        for name, low, high in (("latent_dim", 1, 4096), ("hidden_channels", 1, 1024)):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
+        super().__post_init__()
+        _check_stages(self)
+        check_ranges(self, ("latent_dim", 1, 4096), ("hidden_channels", 1, 1024))
 
 
 @dataclass
-class DiscriminatorConfig:
-    resolution: int = 28
-    num_channels: int = 1
-    hidden_channels: int = 32
+class DiscriminatorConfig(ImageShape):
+    discriminator_channels: int = 32  # width of D's first stage, doubled per stage
     spectral_norm: bool = False  # spectral normalization of D's weights [3] (and no batch norm in D)
 
     def __post_init__(self) -> None:
-        _check_image_shape(self.resolution, self.num_channels)
-        if not 1 <= self.hidden_channels <= 1024:
-            raise ConfigError(f"hidden_channels must be in [1, 1024], got {self.hidden_channels}")
+        super().__post_init__()
+        _check_stages(self)
+        check_ranges(self, ("discriminator_channels", 1, 1024))
 
 
 @dataclass
@@ -91,8 +71,7 @@ class AdversarialConfig:
     def __post_init__(self) -> None:
         if self.adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial_loss must be one of {ADVERSARIAL_LOSSES}, got {self.adversarial_loss!r}")
-        if not 1 <= self.discriminator_steps <= 100:
-            raise ConfigError(f"discriminator_steps must be in [1, 100], got {self.discriminator_steps}")
+        check_ranges(self, ("discriminator_steps", 1, 100))
 
 
 def stage_layout(resolution: int) -> tuple[int, int]:
@@ -105,16 +84,18 @@ def stage_layout(resolution: int) -> tuple[int, int]:
 
 def sample_latents(num_samples: int, latent_dim: int, generator: torch.Generator | None = None,
                    truncation: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """z ~ N(0, I) of shape (num_samples, latent_dim); with `truncation`, every |z_i| > truncation is redrawn [5]."""
-    if truncation is not None and truncation <= 0:
-        raise ValueError(f"truncation must be positive, got {truncation}")
-    z = torch.randn((num_samples, latent_dim), generator=generator)
-    if truncation is not None:
-        outside = z.abs() > truncation
-        while outside.any():
-            z[outside] = torch.randn(int(outside.sum()), generator=generator)
-            outside = z.abs() > truncation
-    return z.to(device)
+    """z ~ N(0, I) of shape (num_samples, latent_dim); with `truncation`, each z_i is drawn from the normal
+    truncated to [-truncation, truncation] [5], by inverting its CDF (one draw per z_i, however small the
+    threshold, where redrawing until |z_i| fits could loop for ever)."""
+    if truncation is None:
+        return torch.randn((num_samples, latent_dim), generator=generator).to(device)
+    if not 0 < truncation < float("inf"):
+        raise ValueError(f"truncation must be a positive finite number, got {truncation}")
+    u = torch.rand((num_samples, latent_dim), generator=generator, dtype=torch.float64)
+    # Phi^-1 of a uniform draw between Phi(-t) and Phi(t), with Phi(x) = (1 + erf(x / sqrt 2)) / 2.
+    mass = math.erf(truncation / math.sqrt(2))
+    z = math.sqrt(2) * torch.special.erfinv((2 * u - 1) * mass)
+    return z.clamp(-truncation, truncation).float().to(device)
 
 
 def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
@@ -176,7 +157,7 @@ class DownBlock(nn.Module):
 class Generator(HubModel, family="gan", tags=["image-generation", "generative-adversarial-network", "dcgan"]):
     """The generator of a DCGAN-style GAN (Goodfellow et al. 2014; Radford et al. 2016): z ~ N(0, I) through a
     linear projection and transposed convolutions with batch norm to an image. Samples come from an
-    exponential moving average of the trained weights; `truncation` redraws large |z| (BigGAN's trick)."""
+    exponential moving average of the trained weights; `truncation` bounds |z_i| (BigGAN's trick)."""
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -229,7 +210,7 @@ class Discriminator(HubModel, family="gan", pipeline_tag="image-classification",
         super().__init__()
         self.config = config
         num_stages, side = stage_layout(config.resolution)
-        widths = [config.num_channels] + [config.hidden_channels * 2**i for i in range(num_stages)]
+        widths = [config.num_channels] + [config.discriminator_channels * 2**i for i in range(num_stages)]
         self.blocks = nn.Sequential(*[
             DownBlock(widths[i], widths[i + 1], batch_norm=i > 0 and not config.spectral_norm) for i in range(num_stages)
         ])
@@ -261,6 +242,14 @@ class GAN(nn.Module):
         self.adversarial_config = adversarial_config
         self.generator = Generator(generator_config)
         self.discriminator = Discriminator(discriminator_config)
+
+    @classmethod
+    def from_published(cls, generator: Generator) -> "GAN":
+        """A training module around a published generator, with a fresh discriminator of its image shape."""
+        gan = cls(generator.config, DiscriminatorConfig(resolution=generator.config.resolution,
+                                                        num_channels=generator.config.num_channels), AdversarialConfig())
+        gan.generator = generator
+        return gan
 
     def discriminator_loss(self, real_images: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's loss on a batch of real images (B, C, H, W) in [-1, 1] and as many fresh samples of G."""

@@ -27,6 +27,7 @@ windowing: there, prompt plus new tokens must fit in `block_size`.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import threading
@@ -37,29 +38,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, PyTorchModelHubMixin
-from safetensors.torch import load_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import UserError
-from ..hub import (
-    CLASS_KEY,
-    CONFIG_NAME,
-    REPO_URL,
-    WEIGHTS_NAME,
-    ConfigError,
-    card_data,
-    card_training_and_metrics,
-    check_size_and_shapes,
-    config_from_dict,
-    resolve_file,
-)
+from ..hub import ConfigError, HubModel, config_from_dict
 
 TOKENIZER_KINDS = ("char", "bpe")
 CONFIG_KEY = "gm_hub"  # where GPTConfig lives inside transformers' config.json
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -129,9 +116,12 @@ class _WindowStreamer(BaseStreamer):
         self.prompt_pending = True  # the next window starts with its prompt; the caller ends the stream
 
 
-class GPT(nn.Module, PyTorchModelHubMixin, library_name="transformers", repo_url=REPO_URL,
-          tags=["gm-hub", "gpt", "text-generation"], pipeline_tag="text-generation"):
+class GPT(HubModel, family="gpt", library_name="transformers", tags=["gpt2", "text-generation"], pipeline_tag="text-generation"):
     """A GPT-2 language model and its tokenizer, trained from scratch; saves a stock transformers folder."""
+
+    dataset_tags = ()
+    card_metrics_note = ("Validation loss in nats per character and bits per character "
+                         "(for BPE: nats per token x tokens per character).")
 
     def __init__(self, config: GPTConfig, tokenizer: PreTrainedTokenizerFast):
         super().__init__()
@@ -141,8 +131,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="transformers", repo_url
             vocab_size=len(tokenizer), n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
             n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
             bos_token_id=None, eos_token_id=None, pad_token_id=None,  # no special tokens: text is just text
-            attn_implementation="sdpa",
-            **{CONFIG_KEY: dataclasses.asdict(config), CLASS_KEY: type(self).__name__},
+            attn_implementation="sdpa", architectures=["GPT2LMHeadModel"],
+            **{CONFIG_KEY: dataclasses.asdict(config)},
         )
         self.model = GPT2LMHeadModel(model_config)
         self.model.generation_config = GenerationConfig(do_sample=True)  # the stock pipeline samples
@@ -294,68 +284,43 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="transformers", repo_url
         new_ids = self._generate_ids(input_ids.expand(num_samples, -1), self.config.sample_length, seed, options)
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
 
-    # --- the Hub ----------------------------------------------------------------------------------------
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """The stock transformers folder: config.json (with GPTConfig under "gm_hub"), weights, tokenizer."""
-        self.model.save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
-
-    def save_pretrained(self, save_directory: str | Path, *, model_card_kwargs: dict | None = None, **kwargs) -> str | None:
-        """Write the folder and a model card (rewritten on every save, so it carries the current metrics)."""
-        (Path(save_directory) / "README.md").unlink(missing_ok=True)
-        return super().save_pretrained(save_directory, model_card_kwargs=model_card_kwargs, **kwargs)
+    # --- the Hub: a stock transformers folder -----------------------------------------------------------
+    def folder_config(self) -> dict:
+        """transformers' config.json, with GPTConfig under "gm_hub"."""
+        return self.model.config.to_dict()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | Path | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        map_location: str | torch.device = "cpu") -> "GPT":
-        """Load a folder or Hub repo: GPTConfig validated first, then strictly from model.safetensors."""
-        download = dict(force_download=force_download, token=token, cache_dir=cache_dir,
-                        local_files_only=local_files_only, revision=revision)
-        config_file = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **download)
-        try:
-            values = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{config_file} is not valid JSON: {err}") from err
-        if not isinstance(values, dict) or not isinstance(values.get(CONFIG_KEY), dict):
-            raise ConfigError(f"{config_file} has no {CONFIG_KEY!r} settings: not a GPT saved by gm-hub")
+    def from_folder_config(cls, values: dict, read_json) -> tuple[GPTConfig, dict]:
+        """GPTConfig from config.json's "gm_hub" settings, and the tokenizer (tokenizer.json) it was trained with."""
+        if not isinstance(values.get(CONFIG_KEY), dict):
+            raise ConfigError(f"config.json has no {CONFIG_KEY!r} settings: not a GPT saved by gm-hub")
         config = config_from_dict(GPTConfig, values[CONFIG_KEY])
-        tokenizer_files = [resolve_file(pretrained_model_name_or_path, name, **download) for name in TOKENIZER_FILES]
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(Path(tokenizer_files[0]).parent))  # tokenizer.json only
+        tokenizer_json = read_json("tokenizer.json")  # validated before the tokenizers library parses it
+        read_json("tokenizer_config.json")
+        try:
+            tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(tokenizer_json)),
+                                                clean_up_tokenization_spaces=False)
+        except Exception as err:  # the tokenizers library raises its own Exception type for a malformed file
+            raise ConfigError(f"tokenizer.json is not a valid tokenizer: {str(err)[:200]}") from err
         if len(tokenizer) != values.get("vocab_size"):
             raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, config.json says vocab_size={values.get('vocab_size')}")
-        weights_file = resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, **download)
-        with torch.device("meta"):  # nothing is allocated until the size and shapes are checked
-            check_size_and_shapes(cls(config, tokenizer).model, weights_file)
-        model = cls(config, tokenizer)
-        load_model(model.model, weights_file, strict=True)
-        return model.to(map_location).eval()
+        return config, {"tokenizer": tokenizer}
 
-    def generate_model_card(self, metrics: dict[str, float] | None = None, metrics_dataset: str = "validation split",
-                            training_command: str | None = None, datasets: list[str] | None = None,
-                            training_time: str | None = None, **_) -> ModelCard:
-        """README.md: YAML metadata (library, tags, datasets, model-index metrics), then use, training, metrics."""
-        metrics = metrics or {}
-        name = "gm-hub GPT"
-        metadata = card_data(
-            library_name="transformers", pipeline_tag="text-generation", model_name=name,
-            tags=["gm-hub", "gpt", "gpt2", "text-generation", f"{self.config.tokenizer}-level"], datasets=datasets,
-            metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
-        )
-        sample = self.sample(1, generator=torch.Generator().manual_seed(0))[0]
-        return ModelCard(f"""---
-{metadata.to_yaml()}
----
+    def weight_files(self) -> dict[str, nn.Module]:
+        return {"model.safetensors": self.model}
 
-# {name}
+    def config_signature(self) -> dict:
+        """The config and the vocabulary: an alphabet of the same size from another text is another model."""
+        vocabulary = json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        return {**dataclasses.asdict(self.config), "vocabulary_sha256": hashlib.sha256(vocabulary.encode()).hexdigest()}
 
-{__doc__.split(chr(10) + chr(10))[0]}
+    def save_extra_files(self, folder: Path) -> None:
+        self.model.generation_config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
-A {self.config.n_layer}-layer GPT-2 ({self.config.n_head} heads, {self.config.n_embd}-dim embeddings,
+    def card_usage(self) -> str:
+        return f"""A {self.config.n_layer}-layer GPT-2 ({self.config.n_head} heads, {self.config.n_embd}-dim embeddings,
 {self.config.block_size}-token context) with a {self.config.tokenizer}-level tokenizer of {len(self.tokenizer)} tokens.
-
-## Use
 
 ```python
 from transformers import pipeline
@@ -367,20 +332,10 @@ print(generator("ROMEO:", max_new_tokens={max(1, self.config.block_size // 2)})[
 Longer texts, window by window, with top-k / top-p / repetition penalty, a seed, and streaming:
 
 ```python
-from gm_hub.models.gpt import GPT
+from gm_hub import load_model
 
-model = GPT.from_pretrained("path/or/repo-id")
+model = load_model("path/or/repo-id")
 print(model.generate("ROMEO:", max_new_tokens=500, temperature=0.8, top_k=40, seed=0))
 for piece in model.stream("ROMEO:", max_new_tokens=500):
     print(piece, end="", flush=True)
-```
-
-A sample (seed 0, temperature 1):
-
-```text
-{sample}
-```
-
-{card_training_and_metrics(self.config, metrics, metrics_dataset, training_command, training_time,
-                           "Validation loss in nats per character and bits per character "
-                           "(for BPE: nats per token x tokens per character).")}""")
+```"""

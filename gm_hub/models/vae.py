@@ -1,9 +1,10 @@
 """Variational autoencoder [1] with an optional normalizing-flow posterior [2], for 8-bit images.
 
-The encoder q(z|x) is a diagonal Gaussian, optionally pushed through K planar flows whose parameters the
-encoder also predicts (amortized, as in [2]); the prior p(z) is a standard Gaussian; the decoder p(x|z) is a
-discretized logistic mixture over the 256 pixel levels (as PixelCNN++), so the negative ELBO is an upper
-bound on the discrete negative log-likelihood and its bits/dim compare directly with flows and PixelCNN.
+The encoder q(z|x) is a diagonal Gaussian, optionally pushed through K planar or radial flows (`flow_type`,
+from `gm_hub/flows.py`) whose parameters the encoder also predicts (amortized, as in [2]); the prior p(z) is
+a standard Gaussian; the decoder p(x|z) is a discretized logistic mixture over the 256 pixel levels (as
+PixelCNN++), so the negative ELBO is an upper bound on the discrete negative log-likelihood and its bits/dim
+compare directly with flows and PixelCNN.
 `log_prob` is the importance-weighted bound of [3], which tightens as the number of samples k grows.
 
 Departures: the KL term is estimated with the same single Monte-Carlo sample as the reconstruction term
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..config import ConfigError, ImageShape, check_ranges
 from ..distributions import (
     discretized_logistic_mixture_log_prob,
     discretized_logistic_mixture_mode,
@@ -28,41 +29,25 @@ from ..distributions import (
     sample_discretized_logistic_mixture,
     to_unit_range,
 )
-from ..hub import ConfigError, HubModel
+from ..flows import PlanarFlow, RadialFlow
+from ..hub import HubModel
 
 
 @dataclass
-class VAEConfig:
-    resolution: int = 28  # images are resolution x resolution; divisible by 4 (two stride-2 stages)
-    num_channels: int = 1
+class VAEConfig(ImageShape):
     latent_dim: int = 32
     hidden_channels: int = 64  # width after the first stage; the second stage doubles it
     num_mixtures: int = 5  # logistic components per subpixel in the decoder likelihood
-    num_flows: int = 0  # planar flows in the posterior; 0 gives the plain Gaussian VAE
+    num_flows: int = 0  # flows in the posterior; 0 gives the plain Gaussian VAE
+    flow_type: str = "planar"  # "planar" or "radial" posterior flows [2, section 4.1]
 
     def __post_init__(self) -> None:
-        if self.resolution % 4 or not 4 <= self.resolution <= 256:
-            raise ConfigError(f"resolution must be a multiple of 4 in [4, 256], got {self.resolution}")
-        if self.num_channels not in (1, 3):
-            raise ConfigError(f"num_channels must be 1 or 3, got {self.num_channels}")
-        for name, low, high in (("latent_dim", 1, 4096), ("hidden_channels", 1, 1024), ("num_mixtures", 1, 32), ("num_flows", 0, 64)):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
-
-
-class PlanarFlow(nn.Module):
-    """f(z) = z + u_hat * tanh(w.z + b), with u_hat constrained so that f is invertible [2, appendix A]."""
-
-    def forward(self, z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-        """z, u, w: (B, D); b: (B, 1) -> f(z) (B, D), log|det df/dz| (B,)."""
-        w_dot_u = (w * u).sum(1, keepdim=True)
-        u_hat = u + (F.softplus(w_dot_u) - 1 - w_dot_u) * w / (w * w).sum(1, keepdim=True).clamp(min=1e-8)
-        activation = (w * z).sum(1, keepdim=True) + b
-        z = z + u_hat * torch.tanh(activation)
-        psi = (1 - torch.tanh(activation) ** 2) * w  # h'(w.z + b) w
-        log_det = torch.log((1 + (psi * u_hat).sum(1)).abs() + 1e-8)
-        return z, log_det
+        super().__post_init__()
+        if self.resolution % 4:
+            raise ConfigError(f"resolution must be a multiple of 4 (two stride-2 stages), got {self.resolution}")
+        check_ranges(self, ("latent_dim", 1, 4096), ("hidden_channels", 1, 1024), ("num_mixtures", 1, 32), ("num_flows", 0, 64))
+        if self.flow_type not in ("planar", "radial"):
+            raise ConfigError(f"flow_type must be 'planar' or 'radial', got {self.flow_type!r}")
 
 
 class Encoder(nn.Module):
@@ -104,16 +89,17 @@ class Decoder(nn.Module):
 
 
 class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoencoder"]):
-    """A convolutional VAE (Kingma & Welling) with an optional planar-flow posterior (Rezende & Mohamed) and a
+    """A convolutional VAE (Kingma & Welling) with an optional planar or radial flow posterior (Rezende & Mohamed) and a
     discretized logistic mixture decoder over 8-bit pixels; `log_prob` is the IWAE bound (Burda et al.)."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
         latent = config.latent_dim
-        # The encoder predicts the Gaussian (mean, log-variance) and, per flow, its u, w (D each) and b.
-        self.encoder = Encoder(config, 2 * latent + config.num_flows * (2 * latent + 1))
-        self.flow = PlanarFlow()
+        # Planar: f(z) = z + u tanh(w.z + b); radial: f(z) = z + beta (z - z0) / (alpha + |z - z0|).
+        self.flow = RadialFlow() if config.flow_type == "radial" else PlanarFlow()
+        # The encoder predicts the Gaussian (mean, log-variance) and each flow's parameters.
+        self.encoder = Encoder(config, 2 * latent + config.num_flows * self.flow.num_parameters(latent))
         self.decoder = Decoder(config)
 
     @property
@@ -121,19 +107,20 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
         return self.config.num_channels * self.config.resolution**2
 
     def encode(self, images: torch.Tensor):
-        """uint8 (B, C, H, W) -> posterior mean, log-variance (B, D) and flow parameters [(u, w, b)] * K."""
+        """uint8 (B, C, H, W) -> posterior mean, log-variance (B, D) and flow parameters, K tuples:
+        planar (u, w, b) or radial (z0, alpha_raw, beta_raw)."""
         features = self.encoder(to_unit_range(images))
         latent = self.config.latent_dim
         mean, log_var = features[:, :latent], features[:, latent : 2 * latent].clamp(-12, 8)
-        flow_params = features[:, 2 * latent :].view(len(images), self.config.num_flows, 2 * latent + 1)
-        flows = [(p[:, :latent], p[:, latent : 2 * latent], p[:, 2 * latent :]) for p in flow_params.unbind(1)]
+        flow_params = features[:, 2 * latent :].view(len(images), self.config.num_flows, self.flow.num_parameters(latent))
+        flows = [self.flow.unpack(p, latent) for p in flow_params.unbind(1)]
         return mean, log_var, flows
 
     def posterior(self, z0: torch.Tensor, flows) -> tuple[torch.Tensor, torch.Tensor]:
         """Push z0 through the flows: z_K (B, D) and the summed log|det| (B,)."""
         total_log_det = torch.zeros(len(z0), device=z0.device)
-        for u, w, b in flows:
-            z0, log_det = self.flow(z0, u, w, b)
+        for params in flows:
+            z0, log_det = self.flow(z0, *params)
             total_log_det = total_log_det + log_det
         return z0, total_log_det
 

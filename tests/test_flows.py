@@ -1,0 +1,251 @@
+"""Flows: layers invert and their log-determinants match a brute-force Jacobian; act-norm's data-dependent
+initialization; RealNVP and Glow save, load, sample and train through their scripts."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_script
+
+from gm_hub.flows import (
+    ActNorm,
+    AffineCoupling,
+    InvertibleConv1x1,
+    LogitTransform,
+    PlanarFlow,
+    RadialFlow,
+    Split,
+    Squeeze,
+    dequantize,
+)
+from gm_hub.hub import ConfigError
+from gm_hub.models.glow import Glow, GlowConfig
+from gm_hub.models.realnvp import RealNVP, RealNVPConfig
+from gm_hub.models.vae import VAE, VAEConfig
+
+TINY_REALNVP = RealNVPConfig(resolution=8, num_scales=2, num_couplings=1, hidden_channels=8)
+TINY_GLOW = GlowConfig(resolution=8, num_levels=2, num_steps=2, hidden_channels=8)
+MODELS = {"realnvp": (RealNVP, TINY_REALNVP), "glow": (Glow, TINY_GLOW)}
+SCRIPT_FLAGS = {
+    "realnvp": ["--num_scales", "2", "--num_couplings", "1"],
+    "glow": ["--num_levels", "2", "--num_steps", "1"],
+}
+COMMON_FLAGS = ["--hidden_channels", "8", "--train_batch_size", "8", "--max_train_steps", "2", "--max_eval_items", "16",
+                "--num_sample_images", "4", "--save_images_steps", "0", "--logging_steps", "1", "--lr_warmup_steps", "0"]
+
+
+def random_images(batch: int, config, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, config.num_channels, config.resolution, config.resolution)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+
+
+@torch.no_grad()
+def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its initialization (zero convolutions make fresh couplings the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in module.parameters():
+        parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return module
+
+
+def brute_force_log_det(function, x: torch.Tensor) -> float:
+    """log|det J| of function: x (1, ...) -> flat output, from the full Jacobian (float64)."""
+    jacobian = torch.autograd.functional.jacobian(lambda flat: function(flat.view_as(x)).flatten(), x.flatten())
+    return torch.linalg.slogdet(jacobian).logabsdet.item()
+
+
+def make_model(name: str):
+    model_class, config = MODELS[name]
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+# --- invertibility and log-determinants -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_decode_inverts_encode(name):
+    model = make_model(name)
+    model.initialize_from_data({"images": random_images(16, model.config)})
+    perturb(model, scale=0.05).eval()
+    y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = model.encode(y)
+        assert z.shape == (4, 64)
+        assert (model.decode(z) - y).abs().max().item() < 1e-4
+        assert (model.encode(model.decode(z)) - z).abs().max().item() < 1e-3
+
+
+LAYERS = {
+    "checkerboard coupling, parity 0": lambda: AffineCoupling(2, 4, checkerboard=True, parity=0),
+    "checkerboard coupling, parity 1": lambda: AffineCoupling(2, 4, checkerboard=True, parity=1),
+    "channel coupling, parity 0": lambda: AffineCoupling(3, 4, checkerboard=False, parity=0),
+    "channel coupling, parity 1": lambda: AffineCoupling(3, 4, checkerboard=False, parity=1),
+    "squeeze": Squeeze,
+    "act-norm": lambda: ActNorm(3),
+    "1x1 convolution (LU)": lambda: InvertibleConv1x1(3),
+    "logit transform": lambda: LogitTransform(0.05),
+    "split, learned prior": lambda: Split(3, learned_prior=True),
+    "split, standard normal": lambda: Split(3, learned_prior=False),
+}
+
+
+@pytest.mark.parametrize("layer_name", LAYERS)
+def test_layer_log_det_matches_brute_force_jacobian(layer_name):
+    torch.manual_seed(0)
+    layer = perturb(LAYERS[layer_name]()).double()
+    channels = 2 if "checkerboard" in layer_name else 3
+    x = torch.rand(1, channels, 4, 4, dtype=torch.float64)  # in (0, 1), which the logit transform needs
+
+    def flat_output(x):
+        outputs = layer(x)
+        return torch.cat([outputs[0].flatten(1), outputs[1].flatten(1)], 1) if isinstance(layer, Split) else outputs[0]
+
+    log_det = layer(x)[-1]
+    assert log_det.shape == (1,)
+    assert log_det.item() == pytest.approx(brute_force_log_det(flat_output, x), abs=1e-8)
+    # ... and the layer inverts.
+    if isinstance(layer, Split):
+        kept, eps, _ = layer(x)
+        assert torch.allclose(layer.inverse(kept, eps), x, atol=1e-10)
+    else:
+        assert torch.allclose(layer.inverse(layer(x)[0]), x, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_whole_flow_log_det_matches_brute_force_jacobian(name):
+    model_class, config = MODELS[name]
+    torch.manual_seed(0)
+    model = perturb(model_class(type(config)(**{**vars(config), "resolution": 4})), scale=0.1).double()
+    y = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    _, log_det = model.encode_with_log_det(y)
+    assert log_det.item() == pytest.approx(brute_force_log_det(model.encode, y), abs=1e-7)
+
+
+@pytest.mark.parametrize("flow_class", [PlanarFlow, RadialFlow])
+def test_posterior_flow_log_det_matches_brute_force_jacobian(flow_class):
+    torch.manual_seed(0)
+    flow, dim = flow_class(), 3
+    params = flow_class.unpack(torch.randn(1, flow_class.num_parameters(dim), dtype=torch.float64), dim)
+    z = torch.randn(1, dim, dtype=torch.float64)
+    _, log_det = flow(z, *params)
+    assert log_det.item() == pytest.approx(brute_force_log_det(lambda x: flow(x, *params)[0], z), abs=1e-8)
+
+
+def test_radial_flow_stays_invertible_for_any_parameters():
+    # beta >= -alpha [Rezende & Mohamed, appendix A]: f is monotone along every ray from z0, so log-dets are finite.
+    flow = RadialFlow()
+    z0, alpha_raw, beta_raw = torch.zeros(1, 2), torch.full((1, 1), 3.0), torch.full((1, 1), -30.0)
+    radii = torch.linspace(0, 10, 101)[:, None]
+    points = radii * torch.tensor([[1.0, 0.0]])
+    images, log_det = flow(points, z0.expand(101, -1), alpha_raw.expand(101, -1), beta_raw.expand(101, -1))
+    assert log_det.isfinite().all()
+    assert (images[1:, 0] > images[:-1, 0]).all()
+
+
+# --- likelihood on the 8-bit scale ------------------------------------------------------------------------
+
+
+def test_log_prob_counts_the_pixel_scale_change_of_variables():
+    # A fresh Glow is a rotation of y - 1/2 (couplings and split priors start at the identity, act-norm is
+    # the identity, the 1x1 convolutions are orthogonal): log p(x + u) = log N(y - 1/2) - D log 256.
+    model = make_model("glow")
+    images = random_images(4, model.config)
+    log_prob = model.log_prob(images, generator=torch.Generator().manual_seed(3))
+    y, _ = dequantize(images, torch.Generator().manual_seed(3))
+    num_dims = y[0].numel()
+    expected = -0.5 * ((y - 0.5) ** 2).flatten(1).sum(1) - num_dims * (0.5 * math.log(2 * math.pi) + math.log(256))
+    assert torch.allclose(log_prob, expected, atol=1e-3)
+    outputs = model({"images": images})
+    assert outputs["bits_per_dim"].item() == pytest.approx(outputs["loss"].item() / math.log(2), rel=1e-6)
+
+
+# --- act-norm's data-dependent initialization -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_act_norm_after_initialize_from_data_is_normalized(name):
+    model = make_model(name)
+    norms = [module for module in model.modules() if isinstance(module, ActNorm)]
+    outputs = []
+    hooks = [norm.register_forward_hook(lambda module, inputs, output: outputs.append(output[0])) for norm in norms]
+    model.initialize_from_data({"images": random_images(32, model.config)})
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == len(norms) > 0
+    for output in outputs:
+        assert output.mean((0, 2, 3)).abs().max().item() < 1e-4
+        assert (output.var((0, 2, 3), unbiased=False) - 1).abs().max().item() < 1e-3
+    assert not any(norm.initializing for norm in norms)  # a later forward never initializes again
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_and_load_keeps_weights_and_samples(name, tmp_path):
+    model = make_model(name)
+    model.initialize_from_data({"images": random_images(16, model.config)})
+    perturb(model, scale=0.05).eval()
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    before = {key: value.clone() for key, value in loaded.state_dict().items()}
+    for key, value in model.state_dict().items():
+        assert torch.equal(before[key], value), key
+    loaded({"images": random_images(8, model.config, seed=1)})  # a forward must not re-initialize act-norm
+    loaded.log_prob(random_images(8, model.config, seed=2))
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(before[key], value), key
+    samples = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert samples.dtype == torch.uint8 and samples.shape == (6, 1, 8, 8)
+    assert torch.equal(samples, loaded.sample(6, generator=torch.Generator().manual_seed(0)))
+    cooler = loaded.sample(6, generator=torch.Generator().manual_seed(0), temperature=0.5)
+    assert cooler.shape == samples.shape
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_interpolation_ends_at_the_images(name):
+    model = make_model(name)
+    perturb(model, scale=0.05).eval()
+    images = random_images(2, model.config)
+    line = model.interpolate(images[0], images[1], steps=5)
+    assert line.shape == (5, 1, 8, 8) and line.dtype == torch.uint8
+    assert torch.equal(line[[0, -1]], images)
+
+
+@pytest.mark.parametrize("config_class, field, value", [
+    (RealNVPConfig, "resolution", 27), (RealNVPConfig, "num_couplings", 0), (RealNVPConfig, "logit_alpha", 0.5),
+    (GlowConfig, "resolution", 30), (GlowConfig, "num_steps", 0), (GlowConfig, "num_channels", 2),
+    (VAEConfig, "flow_type", "sylvester"),
+])
+def test_bad_config_is_refused_with_the_field_name(config_class, field, value):
+    with pytest.raises(ConfigError, match=field):
+        config_class(**{field: value})
+
+
+def test_vae_with_radial_flows_trains_a_step():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2, num_flows=2, flow_type="radial"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    outputs = model({"images": random_images(8, model.config)})
+    assert outputs["loss"].isfinite()
+    outputs["loss"].backward()
+    optimizer.step()
+    assert model({"images": random_images(8, model.config)})["loss"].isfinite()
+
+
+# --- the training scripts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, num_processes", [("realnvp", 1), ("glow", 2)])
+def test_training_script_initializes_from_data_trains_and_the_folder_samples(name, num_processes, tmp_path):
+    # The loop calls initialize_from_data once, on every process, with the same batch; a learning rate of
+    # ~0 leaves act-norm where that initialization put them, and the replicas must agree.
+    flags = [*SCRIPT_FLAGS[name], *COMMON_FLAGS, "--learning_rate", "1e-12", "--output_dir", str(tmp_path)]
+    run_script(f"train_{name}.py", flags, num_processes=num_processes)
+    checksums = json.loads((tmp_path / "logs" / "run.json").read_text())["replica_checksums"]
+    assert len(checksums) == num_processes and len(set(checksums)) == 1
+    model = MODELS[name][0].from_pretrained(tmp_path)
+    log_scales = torch.cat([m.log_scale.flatten() for m in model.modules() if isinstance(m, ActNorm)])
+    assert log_scales.abs().max().item() > 0.1, "act-norm was not initialized from data"
+    samples = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 1, 28, 28) and samples.dtype == torch.uint8
