@@ -17,6 +17,7 @@ training and the last 10% for validation.
 import gzip
 import logging
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MNIST_TEST_HUB_NAME = "ylecun/mnist"
+
+
+MAX_IMAGE_PIXELS = 16_000_000  # per training image; a decompression bomb declares billions
 
 
 class DataError(UserError):
@@ -140,12 +144,20 @@ def load_image_folder(folder: str) -> tuple[list[torch.Tensor], None]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"--train_data_dir {folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     tensors = []
     for path in files:
-        with Image.open(path) as image:
-            tensors.append(_pil_to_tensor(image))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # over ~89 megapixels: refused
+                with Image.open(path) as image:
+                    if image.width * image.height > MAX_IMAGE_PIXELS:
+                        raise DataError(f"{path} is {image.width} x {image.height} pixels; images may have at most "
+                                        f"{MAX_IMAGE_PIXELS:,} (resize them, or remove the file from --train_data_dir)")
+                    tensors.append(_pil_to_tensor(image))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise DataError(f"{path} is not a readable image ({type(err).__name__}); remove it from --train_data_dir") from err
     return tensors, None
 
 
@@ -304,7 +316,11 @@ def load_text(train_file: str | None = None, dataset_name: str | None = None, te
         path = Path(train_file)
         if not path.is_file():
             raise DataError(f"--train_file {train_file!r} is not a file")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"--train_file {train_file!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                            "convert it, e.g. with iconv -t UTF-8") from err
     if not dataset_name:
         raise DataError("give --train_file (a text file) or --dataset_name (a Hub text dataset)")
     import datasets

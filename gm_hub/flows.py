@@ -96,15 +96,16 @@ class ActNorm(nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
-        self.log_scale = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        # 1-D, as every bias and norm scale: the loop's weight decay leaves them alone.
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.initializing = False  # set only by data_dependent_init; not saved, so loading never re-initializes
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Set bias and log-scale so that the output on x (B, C, H, W) has zero mean and unit variance per channel."""
-        mean = x.mean((0, 2, 3), keepdim=True)
-        std = x.std((0, 2, 3), keepdim=True, unbiased=False)
+        mean = x.mean((0, 2, 3))
+        std = x.std((0, 2, 3), unbiased=False)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + 1e-6))
 
@@ -113,11 +114,11 @@ class ActNorm(nn.Module):
             self.initialize(x)
             self.initializing = False
         height, width = x.shape[2:]
-        y = (x + self.bias) * torch.exp(self.log_scale)
+        y = (x + self.bias.view(1, -1, 1, 1)) * torch.exp(self.log_scale).view(1, -1, 1, 1)
         return y, (height * width * self.log_scale.sum()).expand(len(x))
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y * torch.exp(-self.log_scale) - self.bias
+        return y * torch.exp(-self.log_scale).view(1, -1, 1, 1) - self.bias.view(1, -1, 1, 1)
 
 
 @contextmanager
@@ -197,7 +198,7 @@ class AffineCoupling(nn.Module):
             nn.Conv2d(hidden_channels, hidden_channels, 1), nn.ReLU(),
             zero_conv(hidden_channels, 2 * out_channels),
         )
-        self.scale = nn.Parameter(torch.ones(1, out_channels, 1, 1))
+        self.scale = nn.Parameter(torch.ones(out_channels))
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W): 1 on the kept pixels."""
@@ -215,7 +216,7 @@ class AffineCoupling(nn.Module):
 
     def _log_scale_and_shift(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw, shift = self.net(condition).chunk(2, 1)
-        return self.scale * torch.tanh(raw), shift
+        return self.scale.view(1, -1, 1, 1) * torch.tanh(raw), shift
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.checkerboard:

@@ -195,8 +195,8 @@ def check_size_and_shapes(skeleton: torch.nn.Module, weights_file: str) -> None:
     num_parameters = sum(p.numel() for p in skeleton.parameters())
     if num_parameters > MAX_PARAMETERS:
         raise ConfigError(f"config.json asks for {num_parameters:,} parameters; the limit is {MAX_PARAMETERS:,}")
-    names_of: dict[int, list[str]] = {}  # one entry per tensor, with all its names
-    for name, tensor in [*skeleton.named_parameters(remove_duplicate=False), *skeleton.named_buffers(remove_duplicate=False)]:
+    names_of: dict[int, list[str]] = {}  # one entry per saved tensor (non-persistent buffers are not), with all its names
+    for name, tensor in skeleton.state_dict(keep_vars=True).items():
         names_of.setdefault(id(tensor), []).append(name)
     expected = skeleton.state_dict()
     found = _header(weights_file)

@@ -69,9 +69,9 @@ def get_family(name: str) -> Family:
 
 
 def family_of_class(class_name: str) -> Family:
-    """The family whose published model class is `class_name` (as saved in a folder's marker)."""
+    """The family whose published model class (as saved in a folder's marker) or training module is `class_name`."""
     for family in FAMILIES.values():
-        if family.class_name == class_name:
+        if class_name in (family.class_name, (family.training_module or ":").split(":")[1]):
             return family
     raise UserError(f"unknown model class {class_name!r}; gm-hub has {sorted(f.class_name for f in FAMILIES.values())}")
 
@@ -100,15 +100,30 @@ register(Family(
                        "output_dir": "mnist-classifier"},
 ))
 register(Family(
-    name="realnvp", title="RealNVP", model_class="gm_hub.models.realnvp:RealNVP", produces="images", likelihood="bound",
-    # Adam with a warm-up (act-norm starts data-initialized, the couplings at the identity) and a cosine decay;
-    # loose clipping: flow gradients are large early on, but rarely wrong. ~10k steps of 64 on MNIST.
+    name="realnvp", title="RealNVP", model_class="gm_hub.models.realnvp:RealNVP", produces="images", likelihood="exact",
+    # log_prob is the exact density of uniformly dequantized pixels (one noise draw), which bounds the discrete
+    # likelihood (Theis et al.) without importance samples, as flows report it. Adam with a warm-up (act-norm
+    # starts data-initialized, the couplings at the identity) and a cosine decay; loose clipping: flow gradients
+    # are large early on, but rarely wrong. ~10k steps of 64 on MNIST.
     training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "max_grad_norm": 50.0, "num_epochs": 150,
                        "checkpointing_steps": 2000, "save_images_steps": 2000},
 ))
 register(Family(
-    name="glow", title="Glow", model_class="gm_hub.models.glow:Glow", produces="images", likelihood="bound",
+    name="glow", title="Glow", model_class="gm_hub.models.glow:Glow", produces="images", likelihood="exact",
     # As RealNVP; act-norm's data-dependent initialization takes the loop's init batch.
     training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "max_grad_norm": 50.0, "num_epochs": 150,
                        "checkpointing_steps": 2000, "save_images_steps": 2000},
+))
+register(Family(
+    name="pixelcnn", title="PixelCNN", model_class="gm_hub.models.pixelcnn:PixelCNN", produces="images",
+    likelihood="exact", conditional=True,
+    # ~1,000 steps of 64 (about 35 CPU minutes); Polyak averaging of the weights, as PixelCNN++ evaluates.
+    training_defaults={"num_epochs": 15, "use_ema": True, "ema_decay": 0.999},
+))
+register(Family(
+    name="ddpm", title="DDPM", model_class="gm_hub.models.ddpm:DDPM", produces="images", likelihood="none",
+    # ~5,000 steps of 64 (about 40 minutes on 2 CPU cores at the default 2.7M-parameter UNet); AdamW with a
+    # warm-up and a cosine decay; samples from an EMA of the weights, as Ho et al.
+    training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "num_epochs": 70, "use_ema": True,
+                       "ema_decay": 0.999, "checkpointing_steps": 1000, "save_images_steps": 1000},
 ))

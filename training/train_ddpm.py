@@ -5,9 +5,9 @@ unless told otherwise); the output folder is a stock diffusers DDPMPipeline.
     accelerate launch training/train_ddpm.py --beta_schedule squaredcos_cap_v2 --prediction_type v_prediction
     accelerate launch training/train_ddpm.py --block_out_channels 64 128 128 --layers_per_block 2 --eval_data_dir ../shared/data/mnist
 
-Family defaults (learning rate, EMA of the weights for sampling, fewer evaluation samples) come from the "ddpm"
-record of `gm_hub.registry`; every flag still overrides them. Sample grids and evaluation samples use the
-model's default sampler (DPM-Solver++, 20 steps).
+Family defaults (learning rate, an EMA of the weights for sampling, the run length) come from the "ddpm" record
+of `gm_hub.registry`; every flag still overrides them. Sample grids and the evaluation's samples use the model's
+default sampler, DPM-Solver++ in 20 steps.
 """
 
 from gm_hub.data import ImageDataConfig, load_image_datasets

@@ -1,0 +1,168 @@
+import math
+
+import pytest
+import torch
+
+from conftest import run_script
+from gm_hub.config import ConfigError
+from gm_hub.distributions import to_unit_range
+from gm_hub.models.pixelcnn import PixelCNN, PixelCNNConfig
+
+# Three layers with 3 x 3 kernels: on 8 x 8 images the receptive field is smaller than the image.
+TINY = PixelCNNConfig(resolution=8, hidden_channels=8, num_layers=3, kernel_size=3, first_kernel_size=3, num_mixtures=2)
+TINY_FLAGS = [
+    "--hidden_channels", "8", "--num_layers", "2", "--first_kernel_size", "3", "--num_mixtures", "2",
+    "--train_batch_size", "8", "--max_eval_items", "8", "--num_sample_images", "4", "--lr_warmup_steps", "0",
+    "--logging_steps", "1", "--save_images_steps", "0",
+]
+
+
+def tiny_model(seed: int = 0, **changes) -> PixelCNN:
+    torch.manual_seed(seed)
+    return PixelCNN(PixelCNNConfig(**{**TINY.__dict__, **changes})).eval()
+
+
+def receptive_field(row: int, column: int, config: PixelCNNConfig) -> set[tuple[int, int]]:
+    """Pixels that pixel (row, column) should see: a rectangle of rows above, and its own row to its left."""
+    reach = config.first_kernel_size // 2 + (config.num_layers - 1) * (config.kernel_size // 2)
+    size = config.resolution
+    above = {(r, c) for r in range(max(0, row - 1 - reach), row) for c in range(max(0, column - reach), min(size, column + reach + 1))}
+    left = {(row, c) for c in range(max(0, column - 1 - reach), column)}
+    return above | left
+
+
+@pytest.mark.parametrize("row, column", [(5, 4), (0, 3), (7, 7), (4, 0), (0, 0)])
+def test_each_pixel_depends_on_every_earlier_pixel_in_its_receptive_field_and_nothing_else(row, column):
+    model = tiny_model()
+    x = (torch.rand(2, 1, 8, 8) * 2 - 1).requires_grad_()
+    labels = torch.tensor([3, model.no_label])
+    params = model.network(x, labels)[:, :, row, column]  # (2, 3 * K * C)
+    projection = torch.randn_like(params)  # a random mix of the outputs: no cancellation by symmetry
+    (gradient,) = torch.autograd.grad((params * projection)[0].sum(), x)
+    assert not gradient[1].any()  # images of a batch don't see each other
+    seen = {(r, c) for r, c in torch.nonzero(gradient[0, 0]).tolist()}
+    assert seen == receptive_field(row, column, model.config)  # no future pixel, and no blind spot
+    assert all(r * 8 + c < row * 8 + column for r, c in seen)
+
+
+def test_the_sampler_kernels_compute_the_training_network():
+    model = tiny_model(num_classes=10)
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 9, model.no_label])
+    with torch.no_grad():
+        full = model.network(to_unit_range(images), labels)
+        stepwise = model.stepwise_params(images, labels)
+    assert full.shape == stepwise.shape == (3, 3 * 2 * 1, 8, 8)
+    torch.testing.assert_close(stepwise, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("label, temperature, num_channels", [(None, 1.0, 1), (7, 1.0, 1), (2, 0.7, 1), (None, 1.3, 3)])
+def test_cached_and_naive_sampling_give_identical_images(label, temperature, num_channels):
+    model = tiny_model(resolution=6, num_channels=num_channels, num_layers=2, num_mixtures=3)
+    for seed in range(2):
+        cached = model.sample(6, torch.Generator().manual_seed(seed), label=label, temperature=temperature)
+        naive = model.sample(6, torch.Generator().manual_seed(seed), label=label, temperature=temperature, method="naive")
+        assert cached.dtype == torch.uint8 and cached.shape == (6, num_channels, 6, 6)
+        assert torch.equal(cached, naive)
+    assert not torch.equal(cached, model.sample(6, torch.Generator().manual_seed(99), label=label, temperature=temperature))
+
+
+def test_label_changes_the_samples_and_bad_labels_are_refused():
+    model = tiny_model()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.label_embedding.weight.normal_(0, 3)  # a strong label signal at initialization
+    three = model.sample(4, torch.Generator().manual_seed(0), label=3)
+    assert not torch.equal(three, model.sample(4, torch.Generator().manual_seed(0), label=5))
+    per_sample = model.sample(4, torch.Generator().manual_seed(0), label=torch.tensor([3, 3, 3, 3]))
+    assert torch.equal(three, per_sample)
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.sample(2, label=10)
+    with pytest.raises(ValueError, match="method"):
+        model.sample(2, method="fast")
+
+
+def test_log_prob_of_a_known_head_is_the_analytic_mixture():
+    model = tiny_model()
+    logits, means, log_scales = [0.3, -0.2], [-0.5, 0.4], [-2.0, -1.5]
+    with torch.no_grad():
+        model.head_out.weight.zero_()  # every pixel gets the same, known mixture
+        model.head_out.bias.copy_(torch.tensor(logits + means + log_scales))
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    images[0, 0, 0, :2] = torch.tensor([0, 255], dtype=torch.uint8)  # both edge bins
+
+    def logistic_cdf(value, mean, log_scale):
+        return 1.0 / (1.0 + math.exp(-(value - mean) / math.exp(log_scale)))
+
+    weights = torch.tensor(logits, dtype=torch.float64).softmax(0).tolist()
+    expected = []
+    for image in images:
+        total = 0.0
+        for level in image.flatten().tolist():
+            x, half = level / 127.5 - 1, 1 / 255
+            mass = 0.0
+            for w, m, s in zip(weights, means, log_scales):
+                upper = 1.0 if level == 255 else logistic_cdf(x + half, m, s)
+                lower = 0.0 if level == 0 else logistic_cdf(x - half, m, s)
+                mass += w * (upper - lower)
+            total += math.log(mass)
+        expected.append(total)
+    expected = torch.tensor(expected, dtype=torch.float32)
+    torch.testing.assert_close(model.log_prob(images), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(model.log_prob(images, labels=4), expected, rtol=1e-5, atol=1e-3)
+    outputs = model({"images": images, "labels": torch.tensor([1, 2, 3])})
+    assert outputs["loss"].item() == pytest.approx(-expected.mean().item() / 64, rel=1e-5)
+    assert outputs["bits_per_dim"].item() == pytest.approx(outputs["loss"].item() / math.log(2), rel=1e-6)
+
+
+def test_complete_keeps_the_given_rows_bit_for_bit():
+    model = tiny_model()
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    completed = model.complete(images, 3, torch.Generator().manual_seed(0), label=1)
+    assert completed.dtype == torch.uint8 and completed.shape == images.shape
+    assert torch.equal(completed[:, :, :3], images[:, :, :3])
+    assert not torch.equal(completed[:, :, 3:], images[:, :, 3:])
+    assert torch.equal(completed, model.complete(images, 3, torch.Generator().manual_seed(0), label=1))
+    # Nothing given: the same draws as sampling from scratch.
+    nothing = model.complete(images, 0, torch.Generator().manual_seed(1))
+    assert torch.equal(nothing, model.sample(4, torch.Generator().manual_seed(1)))
+
+
+def test_training_steps_decrease_the_loss():
+    model = tiny_model().train()
+    batch = {"images": torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8) // 64 * 64, "labels": torch.arange(8)}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = model(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_save_and_load_give_identical_samples(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    loaded = PixelCNN.from_pretrained(tmp_path / "model")
+    assert loaded.config == model.config
+    for label in (None, 6):
+        expected = model.sample(3, torch.Generator().manual_seed(4), label=label)
+        assert torch.equal(loaded.sample(3, torch.Generator().manual_seed(4), label=label), expected)
+
+
+def test_the_training_script_saves_a_model_that_loads_and_samples(tmp_path):
+    run_script("train_pixelcnn.py", ["--output_dir", str(tmp_path / "run"), "--max_train_steps", "2", *TINY_FLAGS])
+    model = PixelCNN.from_pretrained(tmp_path / "run")
+    assert model.config.num_layers == 2
+    samples = model.sample(2, torch.Generator().manual_seed(0), label=3)
+    assert samples.shape == (2, 1, 28, 28) and samples.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("field, value", [("kernel_size", 4), ("first_kernel_size", 2), ("num_layers", 0),
+                                          ("label_dropout", 1.5), ("num_classes", -1), ("resolution", 2)])
+def test_bad_config_is_refused_with_the_field_name(field, value):
+    with pytest.raises(ConfigError, match=field):
+        PixelCNNConfig(**{field: value})
