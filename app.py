@@ -4,7 +4,7 @@
     GM_HUB_VAE_MODEL=you/vae-mnist python app.py     # any folder or Hub repo id instead of pretrained/vae-mnist
 
 One tab per family of `gm_hub/registry.py` with a demo tab, built by that family's module under
-`gm_hub/demo/`; models load lazily, once per process (`GM_HUB_<NAME>_MODEL`, else the shipped folder). A
+`gm_hub/demo/`, then Compare (every image family side by side) and About; models load lazily, once per process (`GM_HUB_<NAME>_MODEL`, else the shipped folder). A
 family whose model is missing or fails to load shows why in its own tab. On a GPU the models run there: on
 a ZeroGPU Space each GPU-bound event holds a GPU through `@spaces.GPU`; elsewhere on CUDA if present, else
 on the CPU.
@@ -14,7 +14,7 @@ import importlib
 
 import gradio as gr
 
-from gm_hub.demo import device, load_error
+from gm_hub.demo import about, compare, device, load_error
 from gm_hub.registry import FAMILIES, Family
 
 
@@ -38,6 +38,10 @@ def build_demo() -> gr.Blocks:
                     gr.Markdown(f"**This model is not available:** {error}")
                 else:
                     importlib.import_module(family.demo_tab).build_tab(family)
+        with gr.Tab("Compare"):
+            compare.build_tab(demo_families())
+        with gr.Tab("About"):
+            about.build_tab()
     return demo
 
 

@@ -10,6 +10,10 @@ scale, then the last scale's output (`MultiScaleFlow`). Act-norm [2, section 3.1
 takes its data-dependent initialization only inside `data_dependent_init`, never lazily on a first forward
 (which would re-initialize a loaded model).
 
+`ImageFlow` is the model both image flows are: a `HubModel` with the density, the loss, act-norm's
+initialization, temperature sampling and interpolation written once; RealNVP and Glow add only their network
+and the maps `encode_with_log_det(y)` and `decode(z)` between dequantized pixels and the latent.
+
 The VAE's posterior flows act on vectors with parameters the encoder predicts (amortized): planar and radial
 flows [3, section 4.1, appendix A].
 
@@ -27,7 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributions import NUM_LEVELS, rand
+from .distributions import NUM_LEVELS, rand, randn
+from .hub import HubModel
+
+INIT_SEED = 0  # the dequantization noise of the data-dependent initialization: the same on every process
 
 # --- 8-bit pixels <-> the flow's continuous input ---------------------------------------------------------
 
@@ -316,6 +323,81 @@ class MultiScaleFlow(nn.Module):
             for layer in reversed(self.scales[index]):
                 x = layer.inverse(x)
         return x
+
+
+# --- the image-flow model: what RealNVP and Glow share -------------------------------------------------
+
+
+class ImageFlow(HubModel):
+    """A normalizing flow over 8-bit images: exact log-density of dequantized pixels, temperature sampling.
+
+    A subclass keeps its own `__init__(self, config)` (the type hint names its config class), builds its
+    network there, and defines `encode_with_log_det(y) -> (z, log_det)` and its inverse `decode(z)`; the
+    config has `num_channels` and `resolution`.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_dims(self) -> int:
+        return self.config.num_channels * self.config.resolution**2
+
+    def encode_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dequantized images y = (x + u) / 256 in [0, 1), (B, C, H, W) -> z (B, D), log|det dz/dy| (B,)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents z (B, D) -> y (B, C, H, W), the inverse of `encode`."""
+        raise NotImplementedError
+
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        """Dequantized images y = (x + u) / 256 in [0, 1), float (B, C, H, W) -> latents z (B, D)."""
+        return self.encode_with_log_det(y)[0]
+
+    def log_prob(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x + u) in nats for one u ~ U[0, 1)^D on the [0, 256) pixel scale: uint8 (B, C, H, W) -> (B,).
+
+        Exact for the dequantized data; with uniform dequantization its mean over u is a lower bound on the
+        discrete log P(x) [4], so bits/dim from it are an upper bound.
+        """
+        y, scaling_log_det = dequantize(images.to(self.device), generator)
+        z, log_det = self.encode_with_log_det(y)
+        return standard_normal_log_prob(z) + log_det + scaling_log_det
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Negative log-likelihood per dimension in nats ("loss") and in bits ("bits_per_dim")."""
+        loss = -self.log_prob(batch["images"]).mean() / self.num_dims
+        return {"loss": loss, "bits_per_dim": loss / math.log(2)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.loss(batch)
+
+    @torch.no_grad()
+    def initialize_from_data(self, batch: dict[str, torch.Tensor]) -> None:
+        """Data-dependent act-norm initialization [2, section 3.1]: each act-norm's output on `batch` gets zero
+        mean and unit variance per channel. Call once before training, never on a loaded model."""
+        with data_dependent_init(self):
+            self.log_prob(batch["images"], generator=torch.Generator().manual_seed(INIT_SEED))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """z ~ N(0, temperature^2 I), decoded and quantized: (num_samples, C, H, W) uint8.
+
+        A temperature below 1 (0.7 in [2]) trades diversity for cleaner samples.
+        """
+        z = temperature * randn((num_samples, self.num_dims), generator, self.device)
+        return quantize(self.decode(z))
+
+    @torch.no_grad()
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decode a straight line in z between two images (bin centres): (C, H, W) uint8 twice -> (steps, C, H, W) uint8."""
+        device = self.device
+        y = (torch.stack([image_a, image_b]).to(device).float() + 0.5) / NUM_LEVELS
+        z = self.encode(y)
+        weights = torch.linspace(0, 1, steps, device=device)[:, None]
+        return quantize(self.decode((1 - weights) * z[0] + weights * z[1]))  # (steps, D) line
 
 
 # --- vector flows with amortized parameters (the VAE posterior) -------------------------------------------

@@ -26,6 +26,16 @@ FAMILY_SCRIPTS = {
         "--latent_dim", "8", "--hidden_channels", "8", "--train_batch_size", "8", "--discriminator_steps", "2",
         "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0", "--logging_steps", "1",
     ]),
+    "pixelcnn": ("train_pixelcnn.py", [
+        "--hidden_channels", "8", "--num_layers", "2", "--first_kernel_size", "3", "--num_mixtures", "2",
+        "--train_batch_size", "8", "--max_eval_items", "8", "--num_sample_images", "4", "--logging_steps", "1",
+        "--save_images_steps", "0",
+    ]),
+    "ddpm": ("train_ddpm.py", [  # EMA on by default: resuming must restore it exactly
+        "--resolution", "8", "--block_out_channels", "16", "32", "--attention_resolutions", "4", "--norm_num_groups", "4",
+        "--num_train_timesteps", "50", "--train_batch_size", "8", "--max_eval_items", "4", "--num_sample_images", "4",
+        "--save_images_steps", "0", "--logging_steps", "1",
+    ]),
     "gpt": ("train_gpt.py", [  # {corpus}: a small text file the test writes
         "--train_file", "{corpus}", "--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16",
         "--sample_length", "8", "--train_batch_size", "4", "--num_sample_images", "1", "--logging_steps", "1",

@@ -176,3 +176,18 @@ def test_space_folder_serves_the_same_app_over_http(tiny_vae, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_compare_samples_every_image_family_with_the_same_seed(app_module):
+    from gm_hub.demo import compare
+
+    families = [get_family("vae"), get_family("gan")]
+    *outputs, plot = compare.compare(families, 4, 2)
+    grids, captions = outputs[0::2], outputs[1::2]
+    assert len(grids) == 2 and all(grid.size == (2 + 2 * 86, 2 + 2 * 86) for grid in grids)
+    assert captions[0].startswith("**VAE**") and " s on CPU" in captions[1]
+    expected = demo.get_model(families[1]).sample(4, generator=torch.Generator().manual_seed(2))
+    assert pixels(grids[1].convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()
+    assert plot is not None
+    built = app_module.build_demo()
+    assert "compare" in {dependency.api_name for dependency in built.fns.values()}

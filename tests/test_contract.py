@@ -15,7 +15,7 @@ from conftest import CORPUS
 from gm_hub import load_model
 from gm_hub.cli import main as cli_main
 from gm_hub.config import ImageShape, check_ranges
-from gm_hub.data import ImageDataset, load_embedded_mnist, split_text
+from gm_hub.data import ImageDataset, load_embedded_mnist, split_text, to_uint8_images
 from gm_hub.distributions import randn, to_uint8, to_unit_range
 from gm_hub.hub import ConfigError, HubModel
 from gm_hub.registry import FAMILIES, Family, get_family, register
@@ -44,6 +44,11 @@ TINY_MODELS = {
     "gan": tiny("gan", "Generator", latent_dim=8, hidden_channels=8),
     "gpt": tiny_gpt,
     "classifier": tiny("classifier", "DigitClassifier", hidden_channels=4, feature_dim=8),
+    "realnvp": tiny("realnvp", "RealNVP", resolution=8, num_scales=2, num_couplings=1, hidden_channels=8),
+    "glow": tiny("glow", "Glow", resolution=8, num_levels=2, num_steps=2, hidden_channels=8),
+    "pixelcnn": tiny("pixelcnn", "PixelCNN", resolution=8, hidden_channels=8, num_layers=2, first_kernel_size=3, num_mixtures=2),
+    "ddpm": tiny("ddpm", "DDPM", resolution=8, block_out_channels=(16, 32), attention_resolutions=(4,), norm_num_groups=4,
+                 num_train_timesteps=50),
 }
 
 
@@ -51,7 +56,8 @@ def training_batch(family: Family, model) -> dict:
     if family.produces == "text":
         return {"input_ids": model.encode(CORPUS[:68]).unfold(0, 17, 17)}  # (4, block_size + 1)
     data = load_embedded_mnist()
-    return {"images": data.images[:4], "labels": data.labels[:4]}
+    shape = model.config
+    return {"images": to_uint8_images(data.images[:4], shape.resolution, shape.num_channels), "labels": data.labels[:4]}
 
 
 def saved_files(folder: Path) -> list[Path]:

@@ -293,7 +293,7 @@ class DDPM(HubModel, family="ddpm", library_name="diffusers", tags=["diffusion",
                callback: Callable[[DenoisingStep], None] | None = None) -> torch.Tensor:
         """num_samples images, (N, C, H, W) uint8, by the named diffusers scheduler (see `denoising_steps`).
 
-        The default, DPM-Solver++ in 20 steps, is about 50 times faster than DDPM's 1000 steps at similar quality;
+        The default, DPM-Solver++ in 20 steps, takes 50 times fewer UNet evaluations than DDPM's 1000 steps;
         callback(step) sees every `DenoisingStep`.
         """
         images = None
