@@ -77,7 +77,7 @@ def test_vae_tab_samples_what_the_model_samples(app_module):
     assert not np.array_equal(pixels(first), pixels(vae_tab.sample(family, 9, 4, True)[0]))
     expected = demo.get_model(family).sample(9, generator=torch.Generator().manual_seed(3), most_likely_pixels=True)
     assert pixels(first.convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()  # every third upscaled pixel
-    line, _ = vae_tab.interpolate(family, 1, 7, 5)
+    line, _ = demo.interpolate_digits(family, 1, 7, 5)
     assert line.size == (2 + 5 * 86, 2 + 86)
     assert demo.get_model(family) is demo.get_model(family)  # loaded once per process
 

@@ -238,6 +238,19 @@ def test_resuming_another_model_names_the_field(run_copy):
     assert_one_line_error(result, "latent_dim", "in the checkpoint")
 
 
+def test_resuming_a_gpt_on_another_text_of_the_same_alphabet_size_stops(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(CORPUS, encoding="utf-8")
+    second.write_text(CORPUS.replace("a", "#"), encoding="utf-8")  # another character, same count
+    flags = ["--output_dir", str(tmp_path / "gpt"), "--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16",
+             "--sample_length", "8", "--train_batch_size", "4", "--num_sample_images", "1", "--checkpointing_steps", "1"]
+    result = script("train_gpt.py", "--train_file", str(first), "--max_train_steps", "2", *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = script("train_gpt.py", "--train_file", str(second), "--max_train_steps", "3", "--resume_from_checkpoint",
+                    "latest", *flags)
+    assert_one_line_error(result, "vocabulary_sha256", "in the checkpoint")
+
+
 @pytest.mark.parametrize("flags, fragments", [
     (["--learning_rate", "nan"], ["--learning_rate", "finite"]),
     (["--learning_rate", "inf"], ["--learning_rate", "finite"]),

@@ -52,6 +52,10 @@ TINY_MODELS = {
 }
 
 
+def test_every_registered_family_keeps_the_contract():
+    assert set(TINY_MODELS) == set(FAMILIES), "add the new family to TINY_MODELS"
+
+
 def training_batch(family: Family, model) -> dict:
     if family.produces == "text":
         return {"input_ids": model.encode(CORPUS[:68]).unfold(0, 17, 17)}  # (4, block_size + 1)

@@ -120,3 +120,29 @@ def example_digits() -> torch.Tensor:
     from ..data import load_embedded_mnist
 
     return load_embedded_mnist().images[::500][:10]
+
+
+@gpu
+def interpolate_digits(family: Family, digit_a, digit_b, steps):
+    """The model's `interpolate(image_a, image_b, steps)` between two real digits -> (grid, time)."""
+    from ..data import to_uint8_images
+
+    digit_a, digit_b = (check_number(name, d, 0, 9, integer=True) for name, d in (("From digit", digit_a), ("To digit", digit_b)))
+    steps = check_number("Steps", steps, 3, 12, integer=True)
+    start = time.perf_counter()
+    model = model_on_device(family)
+    digits = to_uint8_images(example_digits(), model.config.resolution, model.config.num_channels)
+    return timed_grid(model.interpolate(digits[digit_a], digits[digit_b], steps), start, num_columns=steps)
+
+
+def digit_interpolation(family: Family, label: str) -> None:
+    """The interpolation row of a tab: two digit classes, steps, a button and the line, wired to `interpolate_digits`."""
+    with gr.Row():
+        digit_a = gr.Slider(0, 9, value=1, step=1, label="From digit")
+        digit_b = gr.Slider(0, 9, value=7, step=1, label="To digit")
+        steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
+    button = gr.Button("Interpolate")
+    line = gr.Image(label=label, type="pil", format="png")
+    took = gr.Markdown()
+    button.click(functools.partial(interpolate_digits, family), [digit_a, digit_b, steps], [line, took],
+                 api_name=f"interpolate_{family.name}", concurrency_id=GPU_QUEUE)

@@ -1,0 +1,114 @@
+"""The PixelCNN tab: class-conditional samples, and completions of the top rows of a real or drawn digit.
+
+Sampling is autoregressive (one network step per pixel), so a request holds at most MAX_SAMPLES images.
+A drawing is white ink on a black canvas, as MNIST digits are, reduced to the model's resolution.
+"""
+
+import time
+from functools import partial
+
+import gradio as gr
+import numpy as np
+import torch
+
+from ..data import to_uint8_images
+from ..registry import Family
+from . import GPU_QUEUE, check_number, check_seed, example_digits, gpu, model_on_device, sample_images, timed_grid
+
+MAX_SAMPLES = 16
+ANY_DIGIT = "any"
+DRAWN = "drawn below"
+CANVAS_SIZE = 280  # pixels of the sketchpad, ten per pixel of a 28-pixel digit
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as gm_hub.data converts RGB to grayscale
+
+
+def digit_label(digit) -> int | None:
+    """The class dropdown's value: "any" -> None (samples from p(x)), "0".."9" -> that label."""
+    if digit is None or digit == ANY_DIGIT:
+        return None
+    return check_number("Digit class", digit, 0, 9, integer=True)
+
+
+def ink(image) -> np.ndarray:
+    """A sketchpad image, (H, W), (H, W, 3) or (H, W, 4) uint8 -> its brightness (H, W) in [0, 255], where a
+    layer's transparent pixels count as black."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 2:
+        return image
+    brightness = image[..., :3] @ LUMINANCE if image.shape[-1] >= 3 else image[..., 0]
+    return brightness * image[..., 3] / 255 if image.shape[-1] == 4 else brightness
+
+
+def sketch_to_digit(sketch) -> torch.Tensor:
+    """A gr.Sketchpad value (white ink on black) -> uint8 (1, 1, 28, 28): the background and every layer's ink."""
+    if not isinstance(sketch, dict):
+        raise gr.Error(f"Drawing must be a sketchpad value, got {type(sketch).__name__}")
+    pieces = [sketch.get("background"), *(sketch.get("layers") or [])]
+    pieces = [piece for piece in pieces if piece is not None] or [sketch.get("composite")]
+    if pieces[0] is None:
+        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
+    drawn = np.max(np.stack([ink(piece) for piece in pieces]), axis=0)  # (H, W)
+    if drawn.max() < 1:
+        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
+    image = torch.from_numpy(drawn.round().clip(0, 255).astype(np.uint8))[None, None]  # (1, 1, H, W)
+    return to_uint8_images(image, 28, 1)
+
+
+def sample(family: Family, digit, temperature, num_samples, seed):
+    """A grid of samples of one digit class (or of any), at a temperature (below 1: cleaner, less varied)."""
+    label = digit_label(digit)
+    temperature = check_number("Temperature", temperature, 0.1, 1.5)
+    num_samples = check_number("Number of samples", num_samples, 1, MAX_SAMPLES, integer=True)
+    return sample_images(family, num_samples, seed, label=label, temperature=temperature)
+
+
+@gpu
+def complete(family: Family, source, sketch, num_rows_given, digit, num_samples, seed):
+    """The top rows of a real or drawn digit, then that many completions sampled below them, side by side."""
+    num_rows_given = check_number("Rows given", num_rows_given, 4, 24, integer=True)
+    label = digit_label(digit)
+    num_samples = check_number("Number of completions", num_samples, 1, MAX_SAMPLES, integer=True)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    if source == DRAWN:
+        image = sketch_to_digit(sketch)
+    else:
+        image = example_digits()[check_number("Digit to complete", source, 0, 9, integer=True)][None]  # (1, 1, 28, 28)
+    start = time.perf_counter()
+    model = model_on_device(family)
+    given = to_uint8_images(image, model.config.resolution, model.config.num_channels)
+    completions = model.complete(given.expand(num_samples, -1, -1, -1), num_rows_given, generator=generator, label=label)
+    given = given.clone()
+    given[:, :, num_rows_given:] = 0  # what the model is given
+    return timed_grid(torch.cat([given, completions.cpu()]), start, num_columns=num_samples + 1)
+
+
+def build_tab(family: Family) -> None:
+    gr.Markdown("A class-conditional Gated PixelCNN (van den Oord et al.) with a discretized logistic mixture output "
+                "(Salimans et al.): each pixel is sampled given the ones above and to its left.")
+    digits = [ANY_DIGIT, *map(str, range(10))]
+    with gr.Row():
+        digit = gr.Dropdown(digits, value=ANY_DIGIT, label="Digit class")
+        temperature = gr.Slider(0.1, 1.5, value=1.0, step=0.05, label="Temperature")
+        count = gr.Slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
+        seed = gr.Number(value=0, precision=0, label="Seed")
+    button = gr.Button("Sample", variant="primary")
+    grid = gr.Image(label="Samples", type="pil", format="png")
+    took = gr.Markdown()
+    button.click(partial(sample, family), [digit, temperature, count, seed], [grid, took], api_name="sample_pixelcnn",
+                 concurrency_id=GPU_QUEUE)
+    with gr.Row():
+        source = gr.Dropdown([*map(str, range(10)), DRAWN], value="7", label="Digit to complete")
+        rows = gr.Slider(4, 24, value=14, step=1, label="Rows given")
+        completion_digit = gr.Dropdown(digits, value=ANY_DIGIT, label="Digit class")
+        completion_count = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of completions")
+        completion_seed = gr.Number(value=0, precision=0, label="Seed")
+    sketch = gr.Sketchpad(value=np.zeros((CANVAS_SIZE, CANVAS_SIZE, 3), dtype=np.uint8), type="numpy",
+                          image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE), layers=False,
+                          brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                          label="Your digit (white on black; pick \"drawn below\" above)")
+    complete_button = gr.Button("Complete")
+    completions = gr.Image(label="Given rows, then completions", type="pil", format="png")
+    completions_took = gr.Markdown()
+    complete_button.click(partial(complete, family),
+                          [source, sketch, rows, completion_digit, completion_count, completion_seed],
+                          [completions, completions_took], api_name="complete_pixelcnn", concurrency_id=GPU_QUEUE)

@@ -1,0 +1,172 @@
+"""The demo tabs of the flows, PixelCNN and DDPM: their handlers in-process on tiny untrained 28-pixel models."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from gm_hub import demo
+from gm_hub.demo import ddpm as ddpm_tab
+from gm_hub.demo import flow as flow_tab
+from gm_hub.demo import pixelcnn as pixelcnn_tab
+from gm_hub.models.ddpm import DDPM, DEFAULT_SCHEDULER, DDPMConfig
+from gm_hub.models.glow import Glow, GlowConfig
+from gm_hub.models.pixelcnn import PixelCNN, PixelCNNConfig
+from gm_hub.models.realnvp import RealNVP, RealNVPConfig
+from gm_hub.registry import get_family
+
+TINY_MODELS = {  # 28 pixels, as the tabs' real digits and the 84-pixel upscaling (x3) expect
+    "realnvp": lambda: RealNVP(RealNVPConfig(num_scales=2, num_couplings=1, hidden_channels=8)),
+    "glow": lambda: Glow(GlowConfig(num_levels=2, num_steps=1, hidden_channels=8)),
+    "pixelcnn": lambda: PixelCNN(PixelCNNConfig(hidden_channels=8, num_layers=2, first_kernel_size=3, num_mixtures=2)),
+    "ddpm": lambda: DDPM(DDPMConfig(block_out_channels=(8, 16), attention_resolutions=(14,), norm_num_groups=4,
+                                    num_train_timesteps=100)),
+}
+CELL = 86  # an 84-pixel upscaled digit and the grid's 2-pixel padding
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other cores alone)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tabs")
+    for name, build in TINY_MODELS.items():
+        torch.manual_seed(0)
+        build().eval().save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture
+def tabs(folders, monkeypatch):
+    for name in TINY_MODELS:
+        monkeypatch.setenv(f"GM_HUB_{name.upper()}_MODEL", str(folders / name))
+    demo._load.cache_clear()
+    yield
+    demo._load.cache_clear()
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("L"))
+
+
+def digit(image, column: int = 0) -> list:
+    """The 28-pixel digit in a grid's first row and `column`: every third upscaled pixel."""
+    return pixels(image)[2:CELL:3, 2 + column * CELL : (column + 1) * CELL : 3].tolist()
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"])
+def test_flow_tab_samples_and_interpolates_what_the_model_does(tabs, name):
+    family = get_family(name)
+    (first, took), (again, _) = flow_tab.sample(family, 4, 3, 0.7), flow_tab.sample(family, 4, 3, 0.7)
+    assert first.size == (2 + 2 * CELL, 2 + 2 * CELL) and took.endswith("on CPU")
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(flow_tab.sample(family, 4, 4, 0.7)[0]))
+    model = demo.get_model(family)
+    assert digit(first) == model.sample(4, generator=generator(3), temperature=0.7)[0, 0].tolist()
+    line, _ = demo.interpolate_digits(family, 1, 7, 5)
+    assert line.size == (2 + 5 * CELL, 2 + CELL)
+    digits = demo.example_digits()
+    expected = model.interpolate(digits[1], digits[7], 5)
+    assert digit(line) == expected[0, 0].tolist() and digit(line, 4) == expected[4, 0].tolist()
+
+
+def test_pixelcnn_tab_samples_a_digit_class(tabs):
+    family = get_family("pixelcnn")
+    (first, took), (again, _) = pixelcnn_tab.sample(family, "3", 0.8, 4, 5), pixelcnn_tab.sample(family, "3", 0.8, 4, 5)
+    assert first.size == (2 + 2 * CELL, 2 + 2 * CELL) and took.endswith("on CPU")
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(pixelcnn_tab.sample(family, "3", 0.8, 4, 6)[0]))
+    expected = demo.get_model(family).sample(4, generator=generator(5), label=3, temperature=0.8)
+    assert digit(first) == expected[0, 0].tolist()
+
+
+def test_pixelcnn_tab_completes_the_top_rows_of_a_real_digit(tabs):
+    family = get_family("pixelcnn")
+    grid, _ = pixelcnn_tab.complete(family, "7", None, 14, "any", 3, 2)
+    assert grid.size == (2 + 4 * CELL, 2 + CELL)  # the given rows, then 3 completions
+    real = demo.example_digits()[7, 0]
+    assert digit(grid, 0)[:14] == real[:14].tolist() and not np.any(digit(grid, 0)[14:])  # what the model is given
+    expected = demo.get_model(family).complete(real[None, None].expand(3, -1, -1, -1), 14, generator=generator(2))
+    assert digit(grid, 1) == expected[0, 0].tolist() and digit(grid, 1)[:14] == real[:14].tolist()
+    assert np.array_equal(pixels(grid), pixels(pixelcnn_tab.complete(family, "7", None, 14, "any", 3, 2)[0]))
+    assert not np.array_equal(pixels(grid), pixels(pixelcnn_tab.complete(family, "7", None, 14, "any", 3, 3)[0]))
+
+
+def test_pixelcnn_tab_completes_a_drawing(tabs):
+    canvas = pixelcnn_tab.CANVAS_SIZE
+    stroke = np.zeros((canvas, canvas, 4), dtype=np.uint8)  # a layer: transparent but for a white vertical bar
+    stroke[40:240, 130:150] = 255
+    sketch = {"background": np.zeros((canvas, canvas, 3), dtype=np.uint8), "layers": [stroke], "composite": None}
+    drawn = pixelcnn_tab.sketch_to_digit(sketch)
+    assert drawn.shape == (1, 1, 28, 28) and drawn.dtype == torch.uint8
+    assert drawn[0, 0, 10, 14] > 200 and drawn[0, 0, 10, 3] == 0 and drawn[0, 0, 1, 14] == 0  # the bar, scaled down
+    grid, _ = pixelcnn_tab.complete(get_family("pixelcnn"), pixelcnn_tab.DRAWN, sketch, 10, "1", 2, 0)
+    assert grid.size == (2 + 3 * CELL, 2 + CELL)
+    assert digit(grid, 1)[:10] == drawn[0, 0, :10].tolist()
+    empty = {**sketch, "layers": [np.zeros_like(stroke)]}
+    with pytest.raises(demo.gr.Error, match="Drawing"):
+        pixelcnn_tab.complete(get_family("pixelcnn"), pixelcnn_tab.DRAWN, empty, 10, "1", 2, 0)
+
+
+@pytest.mark.parametrize("scheduler, eta", [(DEFAULT_SCHEDULER, 0.0), ("DDIMScheduler", 0.5)])
+def test_ddpm_tab_streams_the_denoising_and_ends_with_the_samples(tabs, scheduler, eta):
+    family = get_family("ddpm")
+    updates = list(ddpm_tab.denoise(family, scheduler, 30, eta, 4, 1))
+    assert 1 < len(updates) <= ddpm_tab.NUM_UPDATES + 1  # every few steps, not every step
+    assert all(grid.size == (2 + 2 * CELL, 2 + 2 * CELL) for grid, _ in updates)
+    assert "step 3 of 30" in updates[0][1] and updates[-1][1].endswith("on CPU")
+    expected = demo.get_model(family).sample(4, generator=generator(1), scheduler=scheduler, num_inference_steps=30, eta=eta)
+    samples = updates[-1][0]
+    assert digit(samples) == expected[0, 0].tolist() and digit(samples, 1) == expected[1, 0].tolist()
+    assert np.array_equal(pixels(samples), pixels(list(ddpm_tab.denoise(family, scheduler, 30, eta, 4, 1))[-1][0]))
+    assert not np.array_equal(pixels(samples), pixels(list(ddpm_tab.denoise(family, scheduler, 30, eta, 4, 2))[-1][0]))
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda f: flow_tab.sample(f("realnvp"), float("nan"), 0, 0.7), "Number of samples"),
+    (lambda f: flow_tab.sample(f("glow"), 4, 2**64, 0.7), "Seed"),
+    (lambda f: flow_tab.sample(f("glow"), 4, 0, float("nan")), "Temperature"),
+    (lambda f: demo.interpolate_digits(f("realnvp"), 1, 10, 5), "To digit"),
+    (lambda f: demo.interpolate_digits(f("glow"), 1, 7, 100), "Steps"),
+    (lambda f: pixelcnn_tab.sample(f("pixelcnn"), "any", 1.0, 17, 0), "Number of samples"),
+    (lambda f: pixelcnn_tab.sample(f("pixelcnn"), "12", 1.0, 4, 0), "Digit class"),
+    (lambda f: pixelcnn_tab.sample(f("pixelcnn"), "any", float("nan"), 4, 0), "Temperature"),
+    (lambda f: pixelcnn_tab.complete(f("pixelcnn"), "7", None, 30, "any", 2, 0), "Rows given"),
+    (lambda f: pixelcnn_tab.complete(f("pixelcnn"), "x", None, 14, "any", 2, 0), "Digit to complete"),
+    (lambda f: pixelcnn_tab.complete(f("pixelcnn"), pixelcnn_tab.DRAWN, "not a sketch", 14, "any", 2, 0), "Drawing"),
+    (lambda f: pixelcnn_tab.complete(f("pixelcnn"), "7", None, 14, "any", 2, 2**64), "Seed"),
+    (lambda f: list(ddpm_tab.denoise(f("ddpm"), DEFAULT_SCHEDULER, 0, 0.0, 4, 0)), "Steps"),
+    (lambda f: list(ddpm_tab.denoise(f("ddpm"), DEFAULT_SCHEDULER, 101, 0.0, 4, 0)), "Steps"),  # above its 100 timesteps
+    (lambda f: list(ddpm_tab.denoise(f("ddpm"), "DDIMScheduler", 10, float("nan"), 4, 0)), "Eta"),
+    (lambda f: list(ddpm_tab.denoise(f("ddpm"), DEFAULT_SCHEDULER, 10, 0.0, float("nan"), 0)), "Number of samples"),
+    (lambda f: list(ddpm_tab.denoise(f("ddpm"), "NoScheduler", 10, 0.0, 4, 0)), "Scheduler"),
+])
+def test_bad_numbers_get_a_message_naming_the_field(tabs, call, field):
+    with pytest.raises(demo.gr.Error, match=field):
+        call(get_family)
+
+
+def test_demo_has_the_new_tabs_endpoints(tabs):
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        import app
+
+        built = app.build_demo()
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    api_names = {dependency.api_name for dependency in built.fns.values()}
+    assert {"sample_realnvp", "interpolate_realnvp", "sample_glow", "interpolate_glow", "sample_pixelcnn",
+            "complete_pixelcnn", "sample_ddpm"} <= api_names
