@@ -16,7 +16,10 @@ from gm_hub.models.gan import (
     DiscriminatorConfig,
     Generator,
     GeneratorConfig,
+    diff_augment,
     interpolate_latents,
+    random_cutout,
+    random_translation,
     sample_latents,
 )
 
@@ -25,6 +28,7 @@ TINY_GAN_FLAGS = [
     "--latent_dim", "8", "--hidden_channels", "8", "--train_batch_size", "8", "--discriminator_steps", "2",
     "--mixed_precision", "bf16", "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0",
     "--logging_steps", "1", "--seed", "5",
+    "--diff_augment", "translation,cutout",  # its random draws must resume exactly too
 ]
 
 
@@ -127,10 +131,78 @@ def test_from_pretrained_reproduces_samples_for_the_same_seed(tmp_path):
 @pytest.mark.parametrize("config_class, field, value", [
     (GeneratorConfig, "resolution", 30), (GeneratorConfig, "num_channels", 2), (GeneratorConfig, "latent_dim", 0),
     (DiscriminatorConfig, "discriminator_channels", 0), (AdversarialConfig, "adversarial_loss", "wasserstein"),
-    (AdversarialConfig, "discriminator_steps", 0),
+    (AdversarialConfig, "discriminator_steps", 0), (AdversarialConfig, "diff_augment", "color"),
+    (AdversarialConfig, "diff_augment", "translation,"),
 ])
 def test_bad_config_is_refused_with_the_field_name(config_class, field, value):
     with pytest.raises(ConfigError, match=field):
         config_class(**{field: value})
     with pytest.raises(ConfigError, match="resolution"):
         GAN(GeneratorConfig(resolution=32), DiscriminatorConfig(resolution=28), AdversarialConfig())
+
+
+def test_diff_augment_with_an_empty_policy_is_the_identity():
+    images = torch.randn(4, 1, 28, 28)
+    assert diff_augment(images, "") is images
+
+
+def test_translation_moves_content_by_at_most_the_maximum_shift():
+    torch.manual_seed(0)
+    images = torch.zeros(2000, 1, 28, 28)
+    images[:, 0, 10, 15] = 1.0  # one bright pixel per image, away from the border
+    moved = random_translation(images)  # maximum shift round(28 / 8) = 4
+    assert moved.shape == images.shape
+    assert torch.equal(moved.sum((1, 2, 3)), torch.ones(2000))  # the pixel is kept: it cannot reach the border
+    position = moved[:, 0].flatten(1).argmax(1)  # (B,) index into the flattened 28 x 28 image
+    shifts = torch.stack([position // 28 - 10, position % 28 - 15], 1)
+    assert shifts.abs().max() == 4 and len(shifts.unique(dim=0)) == 81  # every offset in [-4, 4]^2 occurs
+    # Content near the border may leave; nothing is ever created.
+    edge = torch.zeros(256, 1, 28, 28)
+    edge[:, 0, 0, 0] = 1.0
+    assert random_translation(edge).sum() < 256 and random_translation(edge).sum((1, 2, 3)).max() <= 1
+    shifted_whole = random_translation(torch.ones(64, 3, 28, 28))  # zeros fill what was uncovered, in every channel
+    assert shifted_whole.min() == 0 and torch.equal(shifted_whole[:, 0], shifted_whole[:, 2])
+
+
+def test_cutout_zeros_one_square_per_image():
+    torch.manual_seed(0)
+    images = torch.rand(256, 2, 28, 28) + 1.0  # no zeros before the cutout
+    cut = random_cutout(images)
+    zeros = cut[:, 0] == 0  # (B, H, W)
+    assert torch.equal(zeros, cut[:, 1] == 0)  # the same square in every channel
+    assert torch.equal(cut[~zeros[:, None].expand_as(cut)], images[~zeros[:, None].expand_as(cut)])
+    for mask in zeros:
+        rows, cols = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
+        assert len(rows) <= 14 and len(cols) <= 14  # side round(28 / 2), clipped by the border
+        assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # a filled rectangle
+        assert mask.sum() == len(rows) * len(cols)
+    assert (zeros.sum((1, 2)) == 14 * 14).any() and (zeros.sum((1, 2)) < 14 * 14).any()
+
+
+def test_gradients_flow_through_the_augmentations():
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 28, 28, requires_grad=True)
+    diff_augment(images, "translation,cutout").square().sum().backward()
+    assert images.grad.abs().sum() > 0
+    # The gradient is the augmentation's own mask: pixels that survive get 2x, dropped ones 0.
+    assert set(images.grad.div(2 * images.detach()).round(decimals=4).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_both_players_train_with_diff_augment():
+    torch.manual_seed(0)
+    adversarial = AdversarialConfig(diff_augment="translation,cutout")
+    gan = GAN(TINY_G, DiscriminatorConfig(discriminator_channels=8), adversarial)
+    batch = {"images": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)}
+    for player in ("discriminator", "generator", "discriminator", "generator"):
+        before = {k: v.clone() for k, v in gan.state_dict().items() if k.startswith(player)}
+        outputs = gan(batch, player=player)
+        assert outputs["loss"].isfinite()
+        outputs["loss"].backward()
+        torch.optim.SGD(getattr(gan, player).parameters(), lr=0.1).step()
+        gan.zero_grad(set_to_none=True)
+        assert any(not torch.equal(before[k], v) for k, v in gan.state_dict().items() if k in before)
+    # Same seed, same augmentations: the loss is reproducible through the global RNG.
+    torch.manual_seed(1)
+    first = gan(batch, player="discriminator")["loss"]
+    torch.manual_seed(1)
+    assert torch.equal(first, gan(batch, player="discriminator")["loss"])

@@ -84,3 +84,104 @@ def test_resolution_32_rgb():
 def test_bad_config_is_refused_with_the_field_name(field, value):
     with pytest.raises(ConfigError, match=field):
         VAEConfig(**{field: value})
+
+
+MIXTURE = VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2, prior="mixture", prior_components=3)
+
+
+def _randomize_prior(model: VAE) -> None:
+    """Move the mixture well away from its near-N(0, I) start, so that using the wrong prior shows."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.prior.logits.copy_(torch.randn(model.prior.logits.shape, generator=generator))
+        model.prior.means.copy_(2 * torch.randn(model.prior.means.shape, generator=generator))
+        model.prior.log_scales.copy_(0.3 * torch.randn(model.prior.log_scales.shape, generator=generator))
+
+
+def _reference_mixture(model: VAE) -> torch.distributions.Distribution:
+    prior = model.prior
+    components = torch.distributions.Independent(torch.distributions.Normal(prior.means, prior.log_scales.exp()), 1)
+    return torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=prior.logits), components)
+
+
+def test_mixture_prior_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    model = VAE(MIXTURE)
+    _randomize_prior(model)
+    z = 3 * torch.randn(10, 4)
+    assert torch.allclose(model.prior.log_prob(z), _reference_mixture(model).log_prob(z), atol=1e-5)
+    # At initialization the mixture is close to N(0, I) where N(0, I) puts its mass.
+    typical = torch.randn(100, 4)
+    start = VAE(MIXTURE).prior.log_prob(typical)
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(typical).sum(1)
+    assert (start - standard).abs().max() < 0.2
+
+
+def test_mixture_prior_kl_estimate_averages_to_the_monte_carlo_kl():
+    torch.manual_seed(0)
+    model = VAE(MIXTURE)
+    _randomize_prior(model)
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    num_samples = 4000
+    with torch.no_grad():
+        _, log_pz_minus_log_qz = model.log_weights(images, num_samples)  # (N, B)
+        # An independent estimate of KL(q || p) = E_q[log q(z) - log p(z)] with torch.distributions.
+        mean, log_var, _ = model.encode(images)
+        posterior = torch.distributions.Independent(torch.distributions.Normal(mean, (0.5 * log_var).exp()), 1)
+        z = posterior.sample((num_samples,))  # (N, B, D)
+        reference = posterior.log_prob(z) - _reference_mixture(model).log_prob(z)  # (N, B)
+        standard = posterior.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(2)
+    kl = -log_pz_minus_log_qz.mean(0)
+    standard_error = ((log_pz_minus_log_qz.var(0) + reference.var(0)) / num_samples).sqrt()
+    assert ((kl - reference.mean(0)).abs() < 5 * standard_error).all()
+    assert ((kl - standard.mean(0)).abs() > 20 * standard_error).all()  # the N(0, I) prior would give another KL
+    outputs = model({"images": images})
+    outputs["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prior.parameters())
+
+
+def test_mixture_prior_samples_come_from_the_mixture():
+    torch.manual_seed(0)
+    model = VAE(MIXTURE).eval()
+    with torch.no_grad():  # three sharp components at 10, 20 and 30 with weights 0.2, 0.3 and 0.5
+        model.prior.means.copy_(torch.tensor([10.0, 20.0, 30.0])[:, None].expand(3, 4))
+        model.prior.log_scales.fill_(math.log(0.01))
+        model.prior.logits.copy_(torch.tensor([0.2, 0.3, 0.5]).log())
+    latents = []
+    model.decoder.register_forward_pre_hook(lambda module, args: latents.append(args[0]))
+    samples = model.sample(3000, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3000, 1, 28, 28)
+    z = latents[0]
+    assert z.shape == (3000, 4)
+    nearest = (z[:, :1] - torch.tensor([10.0, 20.0, 30.0])).abs()  # (N, 3)
+    assert nearest.min(1).values.max() < 0.1  # every draw lies on one component, in every coordinate
+    assert (z - z[:, :1]).abs().max() < 0.1
+    shares = torch.bincount(nearest.argmin(1), minlength=3).float() / len(z)
+    assert torch.allclose(shares, torch.tensor([0.2, 0.3, 0.5]), atol=0.04)
+    assert torch.equal(samples, model.sample(3000, generator=torch.Generator().manual_seed(0)))
+
+
+def test_mixture_prior_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VAE(MIXTURE).eval()
+    _randomize_prior(model)
+    model.save_pretrained(tmp_path)
+    loaded = VAE.from_pretrained(tmp_path).eval()
+    assert loaded.config == MIXTURE and isinstance(loaded.prior, type(model.prior))
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(1)
+    expected = model.log_prob(images, num_importance_samples=8)
+    torch.manual_seed(1)
+    assert torch.equal(expected, loaded.log_prob(images, num_importance_samples=8))
+    generator = torch.Generator()
+    assert torch.equal(model.sample(4, generator.manual_seed(3)), loaded.sample(4, generator.manual_seed(3)))
+
+
+def test_gaussian_prior_has_no_parameters():
+    assert not any(name.startswith("prior") for name in VAE(TINY).state_dict())  # shipped checkpoints still load
+
+
+@pytest.mark.parametrize("field, value", [("prior", "vamp"), ("prior_components", 0)])
+def test_bad_prior_config_is_refused_with_the_field_name(field, value):
+    with pytest.raises(ConfigError, match=field):
+        VAEConfig(**{field: value})

@@ -7,6 +7,9 @@ wins early; the hinge loss of [3, 4] is an option, as is spectral normalization 
 What is published and sampled is G (the `Generator` class, whose config names the latent size); `GAN`, the
 training module that holds G and D and computes each player's loss, is never published. Sampling offers the
 truncation trick of [5]: z is drawn from a normal truncated to [-t, t], trading variety for fidelity.
+With few training images, differentiable augmentation [7] (`diff_augment`) shows D randomly translated or
+cut-out images, real and generated alike, in both players' losses, so D overfits less and G still learns the
+un-augmented images (the augmentations are differentiable, so G's gradient passes through them).
 
 Departures from [2]: the first stage of G is a linear projection of z and the last of D a linear score
 (for 28 x 28 images the stages start at 7 x 7, not 4 x 4); with spectral normalization D has no batch norm,
@@ -19,6 +22,8 @@ as in [3]; weights start from N(0, 0.02) as in [2].
 [4] Lim & Ye, Geometric GAN, 2017. https://arxiv.org/abs/1705.02894
 [5] Brock, Donahue & Simonyan, Large Scale GAN Training for High Fidelity Natural Image Synthesis (BigGAN), 2019.
     https://arxiv.org/abs/1809.11096
+[7] Zhao, Liu, Lin, Zhu & Han, Differentiable Augmentation for Data-Efficient GAN Training, 2020.
+    https://arxiv.org/abs/2006.10738
 """
 
 import math
@@ -34,6 +39,7 @@ from ..config import ConfigError, ImageShape, check_ranges
 from ..hub import HubModel
 
 ADVERSARIAL_LOSSES = ("non_saturating", "hinge")
+AUGMENTATIONS = ("translation", "cutout")  # [7]'s colour transforms are left out: MNIST is grayscale
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"  # the players' names in the training loop
 
 def _check_stages(config: ImageShape) -> None:
@@ -67,11 +73,61 @@ class DiscriminatorConfig(ImageShape):
 class AdversarialConfig:
     adversarial_loss: str = "non_saturating"  # non_saturating [1] or hinge [3, 4]
     discriminator_steps: int = 1  # D optimizer steps per G optimizer step
+    diff_augment: str = ""  # comma-separated DiffAugment policy [7], e.g. "translation,cutout"; "" for none
 
     def __post_init__(self) -> None:
         if self.adversarial_loss not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial_loss must be one of {ADVERSARIAL_LOSSES}, got {self.adversarial_loss!r}")
         check_ranges(self, ("discriminator_steps", 1, 100))
+        unknown = [name for name in augmentation_names(self.diff_augment) if name not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(f"diff_augment must be comma-separated names from {AUGMENTATIONS}, got {self.diff_augment!r}")
+
+
+def augmentation_names(policy: str) -> list[str]:
+    """"translation,cutout" -> ["translation", "cutout"]; "" -> []."""
+    return policy.split(",") if policy else []
+
+
+def random_translation(images: torch.Tensor, ratio: float = 1 / 8) -> torch.Tensor:
+    """Shift each image by its own random integer offset (dy, dx), each in [-s, s] with s = round(ratio * size),
+    zero-filling the uncovered border as [7]: (B, C, H, W) -> (B, C, H, W), differentiable in `images`."""
+    batch, _, height, width = images.shape
+    max_shift_y, max_shift_x = int(height * ratio + 0.5), int(width * ratio + 0.5)
+    device = images.device
+    shift_y = torch.randint(-max_shift_y, max_shift_y + 1, (batch, 1, 1), device=device)
+    shift_x = torch.randint(-max_shift_x, max_shift_x + 1, (batch, 1, 1), device=device)
+    padded = F.pad(images, (max_shift_x, max_shift_x, max_shift_y, max_shift_y))  # (B, C, H + 2 s_y, W + 2 s_x)
+    # Output pixel (i, j) reads input pixel (i - dy, j - dx), i.e. padded pixel (i - dy + s_y, j - dx + s_x).
+    rows = torch.arange(height, device=device)[None, :, None] - shift_y + max_shift_y  # (B, H, 1)
+    cols = torch.arange(width, device=device)[None, None, :] - shift_x + max_shift_x  # (B, 1, W)
+    samples = torch.arange(batch, device=device)[:, None, None]  # (B, 1, 1)
+    return padded.permute(0, 2, 3, 1)[samples, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+def random_cutout(images: torch.Tensor, ratio: float = 1 / 2) -> torch.Tensor:
+    """Zero a square of side round(ratio * size) in each image, centred anywhere in it (so it may be clipped by the
+    border) as [7]: (B, C, H, W) -> (B, C, H, W), differentiable in `images`."""
+    batch, _, height, width = images.shape
+    size_y, size_x = int(height * ratio + 0.5), int(width * ratio + 0.5)
+    device = images.device
+    top = torch.randint(0, height + 1 - size_y % 2, (batch, 1, 1), device=device) - size_y // 2
+    left = torch.randint(0, width + 1 - size_x % 2, (batch, 1, 1), device=device) - size_x // 2
+    rows = torch.arange(height, device=device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(width, device=device)[None, None, :]  # (1, 1, W)
+    inside = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)  # (B, H, W)
+    return images * (~inside).to(images.dtype)[:, None]
+
+
+def diff_augment(images: torch.Tensor, policy: str) -> torch.Tensor:
+    """Apply the augmentations named in `policy` ("translation,cutout"; "" for none) in order, each with fresh
+    random parameters per image from the global RNG [7]: (B, C, H, W) -> (B, C, H, W)."""
+    for name in augmentation_names(policy):
+        if name == "translation":
+            images = random_translation(images)
+        elif name == "cutout":
+            images = random_cutout(images)
+    return images
 
 
 def stage_layout(resolution: int) -> tuple[int, int]:
@@ -256,6 +312,9 @@ class GAN(nn.Module):
         with torch.no_grad():  # D's step leaves G alone
             z = torch.randn(len(real_images), self.generator.config.latent_dim, device=real_images.device)
             fake_images = self.generator(z)
+        # D only ever sees augmented images, real and generated alike, or it would learn the augmentations [7].
+        policy = self.adversarial_config.diff_augment
+        real_images, fake_images = diff_augment(real_images, policy), diff_augment(fake_images, policy)
         # Real and generated images in separate batches, so that D's batch norm never mixes them [2].
         real_logits, fake_logits = self.discriminator(real_images).float(), self.discriminator(fake_images).float()
         if self.adversarial_config.adversarial_loss == "hinge":  # [4, eq. 9]
@@ -267,7 +326,8 @@ class GAN(nn.Module):
     def generator_loss(self, num_samples: int, device: torch.device) -> dict[str, torch.Tensor]:
         """G's loss on `num_samples` fresh samples."""
         z = torch.randn(num_samples, self.generator.config.latent_dim, device=device)
-        fake_logits = self.discriminator(self.generator(z)).float()
+        fake_images = diff_augment(self.generator(z), self.adversarial_config.diff_augment)  # as D saw them [7]
+        fake_logits = self.discriminator(fake_images).float()
         if self.adversarial_config.adversarial_loss == "hinge":  # -D(G(z)) [4]
             loss = -fake_logits.mean()
         else:  # non-saturating -log D(G(z)) [1, section 3]

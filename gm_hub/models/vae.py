@@ -2,17 +2,20 @@
 
 The encoder q(z|x) is a diagonal Gaussian, optionally pushed through K planar or radial flows (`flow_type`,
 from `gm_hub/flows.py`) whose parameters the encoder also predicts (amortized, as in [2]); the prior p(z) is
-a standard Gaussian; the decoder p(x|z) is a discretized logistic mixture over the 256 pixel levels (as
-PixelCNN++), so the negative ELBO is an upper bound on the discrete negative log-likelihood and its bits/dim
-compare directly with flows and PixelCNN.
+a standard Gaussian or (`prior="mixture"`) a learned mixture of diagonal Gaussians [4], which can follow the
+aggregate posterior, so that prior samples land where the decoder was trained. The decoder p(x|z) is a
+discretized logistic mixture over the 256 pixel levels (as PixelCNN++), so the negative ELBO is an upper bound
+on the discrete negative log-likelihood and its bits/dim compare directly with flows and PixelCNN.
 `log_prob` is the importance-weighted bound of [3], which tightens as the number of samples k grows.
 
 Departures: the KL term is estimated with the same single Monte-Carlo sample as the reconstruction term
-(one code path with or without flows), and every term is averaged per dimension for a stable loss scale.
+(one code path with or without flows, for either prior), and every term is averaged per dimension for a stable
+loss scale.
 
 [1] Kingma & Welling, Auto-Encoding Variational Bayes, 2014. https://arxiv.org/abs/1312.6114
 [2] Rezende & Mohamed, Variational Inference with Normalizing Flows, 2015. https://arxiv.org/abs/1505.05770
 [3] Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016. https://arxiv.org/abs/1509.00519
+[4] Tomczak & Welling, VAE with a VampPrior, 2018 (its mixture-of-Gaussians baseline). https://arxiv.org/abs/1705.07120
 """
 
 import math
@@ -40,12 +43,17 @@ class VAEConfig(ImageShape):
     num_mixtures: int = 5  # logistic components per subpixel in the decoder likelihood
     num_flows: int = 0  # flows in the posterior; 0 gives the plain Gaussian VAE
     flow_type: str = "planar"  # "planar" or "radial" posterior flows [2, section 4.1]
+    prior: str = "gaussian"  # "gaussian" (N(0, I)) or "mixture" (learned mixture of Gaussians [4])
+    prior_components: int = 50  # mixture components when prior="mixture"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.resolution % 4:
             raise ConfigError(f"resolution must be a multiple of 4 (two stride-2 stages), got {self.resolution}")
-        check_ranges(self, ("latent_dim", 1, 4096), ("hidden_channels", 1, 1024), ("num_mixtures", 1, 32), ("num_flows", 0, 64))
+        check_ranges(self, ("latent_dim", 1, 4096), ("hidden_channels", 1, 1024), ("num_mixtures", 1, 32),
+                     ("num_flows", 0, 64), ("prior_components", 1, 4096))
+        if self.prior not in ("gaussian", "mixture"):
+            raise ConfigError(f"prior must be 'gaussian' or 'mixture', got {self.prior!r}")
         if self.flow_type not in ("planar", "radial"):
             raise ConfigError(f"flow_type must be 'planar' or 'radial', got {self.flow_type!r}")
 
@@ -88,9 +96,53 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I) over (B, D) latents; no parameters."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D) -> log p(z) (B,) in nats."""
+        return -0.5 * (z**2 + math.log(2 * math.pi)).sum(1)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """z ~ N(0, I): (num_samples, D)."""
+        return randn((num_samples, self.latent_dim), generator, device)
+
+
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)) with learned logits, means and log-scales [4]."""
+
+    def __init__(self, latent_dim: int, num_components: int):
+        super().__init__()
+        # Means spread a little around 0, scales shrunk to match: the start is close to N(0, I), variance about 1.
+        spread = 0.1
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.means = nn.Parameter(spread * torch.randn(num_components, latent_dim))
+        self.log_scales = nn.Parameter(torch.full((num_components, latent_dim), 0.5 * math.log(1 - spread**2)))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D) -> log p(z) (B,) in nats."""
+        z = z.float()[:, None, :]  # (B, 1, D); float32: bf16 rounds tens of nats to ~0.1
+        standardized = (z - self.means) * torch.exp(-self.log_scales)  # (B, K, D)
+        log_normal = (-0.5 * (standardized**2 + math.log(2 * math.pi)) - self.log_scales).sum(2)  # (B, K)
+        return torch.logsumexp(torch.log_softmax(self.logits, 0) + log_normal, dim=1)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """A component k ~ pi, then z ~ N(mu_k, diag(sigma_k^2)): (num_samples, D)."""
+        # Drawn on the CPU, like `randn`, so that a CPU generator gives the same samples on every device.
+        weights = self.logits.detach().softmax(0).cpu()  # (K,)
+        components = torch.multinomial(weights, num_samples, replacement=True, generator=generator).to(device)  # (N,)
+        noise = randn((num_samples, self.means.shape[1]), generator, device)
+        return self.means[components] + torch.exp(self.log_scales[components]) * noise
+
+
 class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoencoder"]):
-    """A convolutional VAE (Kingma & Welling) with an optional planar or radial flow posterior (Rezende & Mohamed) and a
-    discretized logistic mixture decoder over 8-bit pixels; `log_prob` is the IWAE bound (Burda et al.)."""
+    """A convolutional VAE (Kingma & Welling) with an optional planar or radial flow posterior (Rezende & Mohamed), a
+    standard normal or learned mixture-of-Gaussians prior (Tomczak & Welling) and a discretized logistic mixture
+    decoder over 8-bit pixels; `log_prob` is the IWAE bound (Burda et al.)."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -101,6 +153,10 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
         # The encoder predicts the Gaussian (mean, log-variance) and each flow's parameters.
         self.encoder = Encoder(config, 2 * latent + config.num_flows * self.flow.num_parameters(latent))
         self.decoder = Decoder(config)
+        if config.prior == "mixture":
+            self.prior = MixturePrior(latent, config.prior_components)
+        else:
+            self.prior = StandardNormalPrior(latent)
 
     @property
     def num_dims(self) -> int:
@@ -133,7 +189,7 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
             z0 = mean + torch.exp(0.5 * log_var) * eps
             z, log_det = self.posterior(z0, flows)
             log_q = -0.5 * (eps**2 + log_var + math.log(2 * math.pi)).sum(1) - log_det
-            log_p_z = -0.5 * (z**2 + math.log(2 * math.pi)).sum(1)
+            log_p_z = self.prior.log_prob(z)
             params = self.decoder(z)
             reconstruction.append(discretized_logistic_mixture_log_prob(images, params.float(), self.config.num_mixtures))
             prior_minus_posterior.append(log_p_z - log_q)
@@ -162,13 +218,13 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None, most_likely_pixels: bool = False) -> torch.Tensor:
-        """z ~ N(0, I), x ~ p(x|z): (num_samples, C, H, W) uint8.
+        """z ~ p(z) (the prior in use), x ~ p(x|z): (num_samples, C, H, W) uint8.
 
         The pixels of p(x|z) are independent given z, so true samples carry per-pixel noise;
         `most_likely_pixels=True` shows the decoder's mode instead (what VAE figures usually show).
         """
         device = next(self.parameters()).device
-        z = randn((num_samples, self.config.latent_dim), generator, device)
+        z = self.prior.sample(num_samples, generator, device)
         params = self.decoder(z)
         if most_likely_pixels:
             return discretized_logistic_mixture_mode(params, self.config.num_channels, self.config.num_mixtures)
