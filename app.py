@@ -24,7 +24,7 @@ def demo_families() -> list[Family]:
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="gm-hub: generative models") as demo:
+    with gr.Blocks(title="gm-hub: generative models", analytics_enabled=False) as demo:  # no calls home: works offline
         gr.Markdown(
             "# gm-hub\nGenerative models of every family ("
             + ", ".join(family.title for family in demo_families())

@@ -178,6 +178,25 @@ def test_space_folder_serves_the_same_app_over_http(tiny_vae, tmp_path):
         server.wait(timeout=30)
 
 
+def test_built_space_front_matter_matches_this_build(tmp_path):
+    import gradio
+    import yaml
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces"))
+    from build import build_space
+
+    sys.path.remove(str(REPO_ROOT / "spaces"))
+    files = {p.relative_to(tmp_path).as_posix() for p in build_space(tmp_path, {"vae": "you/vae-mnist"})}
+    header = yaml.safe_load((tmp_path / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    assert header["sdk"] == "gradio" and header["sdk_version"] == gradio.__version__
+    assert header["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert header["app_file"] in files and header["short_description"] and len(header["short_description"]) <= 60
+    assert header["models"] == ["you/vae-mnist"]  # loaded from the Hub, so its shipped folder stays out
+    assert not any(f.startswith("pretrained/vae-mnist/") for f in files)
+    assert any(f.startswith("pretrained/gan-mnist/") for f in files)
+    assert "python spaces/build.py --output_dir" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
 def test_compare_samples_every_image_family_with_the_same_seed(app_module):
     from gm_hub.demo import compare
 
