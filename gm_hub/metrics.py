@@ -23,6 +23,7 @@ standard FID [1], which can't be downloaded here and does not know digits:
 
 import functools
 import importlib.resources
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -51,8 +52,16 @@ class EvaluationConfig:
     eval_seed: int = 0  # seed of the generator that draws the evaluation samples
     confidence_threshold: float = 0.9  # a sample is confident when its top class probability reaches this
     classifier: str | None = None  # a DigitClassifier folder or repo id; default: the one shipped with gm-hub
+    sample_kwargs: str | None = None  # JSON keyword arguments of the model's sample(), e.g. '{"temperature": 0.7}'
 
     def __post_init__(self) -> None:
+        if self.sample_kwargs is not None:
+            try:
+                kwargs = json.loads(self.sample_kwargs)
+            except json.JSONDecodeError as err:
+                raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}': {err}") from None
+            if not isinstance(kwargs, dict):
+                raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}', got {self.sample_kwargs}")
         if self.num_importance_samples < 1:
             raise UserError(f"--num_importance_samples must be at least 1, got {self.num_importance_samples}")
         if self.max_eval_items is not None and self.max_eval_items < 1:
@@ -277,14 +286,14 @@ def sample_metrics(images: torch.Tensor, reference_images: torch.Tensor, train_i
     return metrics
 
 
-def draw_samples(model, num_samples: int, batch_size: int = 500, seed: int = 0) -> torch.Tensor | None:
-    """`num_samples` samples of `model.sample` in batches, from one seeded generator, on the CPU; None when
-    the model does not produce images (a text model)."""
+def draw_samples(model, num_samples: int, batch_size: int = 500, seed: int = 0, **sample_kwargs) -> torch.Tensor | None:
+    """`num_samples` samples of `model.sample(..., **sample_kwargs)` in batches, from one seeded generator, on
+    the CPU; None when the model does not produce images (a text model)."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for start in range(0, num_samples, batch_size):
         with torch.no_grad():
-            batch = model.sample(min(batch_size, num_samples - start), generator=generator)
+            batch = model.sample(min(batch_size, num_samples - start), generator=generator, **sample_kwargs)
         if not isinstance(batch, torch.Tensor):
             return None
         batches.append(batch.cpu())
@@ -342,7 +351,11 @@ def evaluate_model(model, accelerator, dataset: Dataset, evaluation: EvaluationC
         metrics["accuracy"] = classifier_accuracy(model, dataset, evaluation.max_eval_items)
     num_samples = min(evaluation.num_eval_samples, evaluation.max_eval_items or evaluation.num_eval_samples)
     if family.produces == "images" and num_samples >= 2:
-        samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed)
+        sample_kwargs = json.loads(evaluation.sample_kwargs or "{}")
+        try:
+            samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed, **sample_kwargs)
+        except TypeError as err:  # a keyword this model's sample() does not take
+            raise UserError(f"--sample_kwargs {evaluation.sample_kwargs}: {err}") from None
         if samples is None or samples.dtype != torch.uint8 or tuple(samples.shape[1:]) != CLASSIFIER_IMAGE_SHAPE:
             logger.info("no sample metrics: the digit classifier judges uint8 (N, 1, 28, 28) images only")
             return metrics

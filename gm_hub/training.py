@@ -45,6 +45,7 @@ from accelerate.utils import (
     GradientAccumulationPlugin,
     ProjectConfiguration,
 )
+from accelerate.utils import broadcast as accelerate_broadcast
 from accelerate.utils import set_seed as _set_all_seeds
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
@@ -68,6 +69,8 @@ class TrainingConfig:
 
     output_dir: str = "output"  # final model, checkpoints, sample grids, logs
     max_train_steps: int | None = None  # overrides num_epochs when given
+    max_train_minutes: float | None = None  # stop early (and publish) once training has run this long; the
+    # learning-rate schedule still spans max_train_steps
     num_epochs: int = 10
     train_batch_size: int = 64  # per process
     eval_batch_size: int = 256
@@ -112,6 +115,8 @@ class TrainingConfig:
             raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.max_train_steps is not None and self.max_train_steps <= 0:
             raise UserError(f"--max_train_steps must be positive, got {self.max_train_steps}")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise UserError(f"--max_train_minutes must be positive, got {self.max_train_minutes}")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -277,6 +282,15 @@ def training_command(argv: list[str] | None = None) -> str:
     script = Path(argv[0])
     script = f"training/{script.name}" if script.suffix == ".py" else script.name
     return " ".join(["accelerate launch", script, *argv[1:]])
+
+
+def hardware_name(device: torch.device) -> str:
+    """What a run ran on, for its card: "cuda (NVIDIA H100 80GB HBM3)" or "cpu (2 cores)"."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    return device.type
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
@@ -607,7 +621,8 @@ def optimizer_step(run: Run, player: Player, optimizer, scheduler) -> dict[str, 
     return totals if ok else None
 
 
-def publish(run: Run, training_seconds: float, eval_fn: Callable | None, model_card_kwargs: dict | None) -> None:
+def publish(run: Run, global_step: int, training_seconds: float, eval_fn: Callable | None,
+            model_card_kwargs: dict | None) -> None:
     """The end of a run: evaluate, then on the main process the final samples, the model and card, the loss
     plot and, if asked, the upload; EMA weights when the run keeps them."""
     accelerator, unwrapped, config = run.accelerator, run.unwrapped, run.config
@@ -616,8 +631,9 @@ def publish(run: Run, training_seconds: float, eval_fn: Callable | None, model_c
     with _averaged(run.ema, unwrapped):
         metrics = eval_fn(unwrapped, accelerator) if eval_fn is not None else {}
         if accelerator.is_main_process:
-            card = {"training_command": training_command(), "training_time": f"{training_seconds:.0f} s wall-clock "
-                    f"on {accelerator.num_processes} process(es), {accelerator.device.type}", **(model_card_kwargs or {}),
+            card = {"training_command": training_command(), "training_time": f"{global_step} steps, {training_seconds:.0f} s "
+                    f"wall-clock on {accelerator.num_processes} process(es), {hardware_name(accelerator.device)}",
+                    **(model_card_kwargs or {}),
                     "metrics": metrics}
             grid = save_samples(unwrapped, output_dir / "samples", config.num_sample_images, config.seed or 0) \
                 if hasattr(unwrapped, "sample") else None
@@ -695,6 +711,9 @@ def train(
         history.add(outputs)
         if global_step % config.logging_steps == 0 or global_step == max_train_steps:
             progress.set_postfix(history.write(global_step, skipped, time.perf_counter() - start))
+            if _time_is_up(run.accelerator, config, seconds_before + time.perf_counter() - start):
+                logger.info("--max_train_minutes %s reached at step %d: publishing", config.max_train_minutes, global_step)
+                break
         if global_step % config.checkpointing_steps == 0 and global_step < max_train_steps:
             save_checkpoint(run.accelerator, config.output_dir, global_step, config.checkpoints_total_limit,
                             seconds_before + time.perf_counter() - start, signature)
@@ -709,10 +728,19 @@ def train(
     training_seconds = seconds_before + time.perf_counter() - start
     save_checkpoint(run.accelerator, config.output_dir, global_step, config.checkpoints_total_limit, training_seconds, signature)
     _write_run_info(run, global_step, skipped, training_seconds)
-    publish(run, training_seconds, eval_fn, model_card_kwargs)
+    publish(run, global_step, training_seconds, eval_fn, model_card_kwargs)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return run.unwrapped
+
+
+def _time_is_up(accelerator: Accelerator, config: TrainingConfig, seconds: float) -> bool:
+    """Whether --max_train_minutes has passed, decided by the main process's clock so every process stops
+    at the same step."""
+    if config.max_train_minutes is None:
+        return False
+    up = torch.tensor([float(seconds >= 60 * config.max_train_minutes)], device=accelerator.device)
+    return bool(accelerate_broadcast(up, from_process=0).item())
 
 
 def _prepare(model: torch.nn.Module, dataset: Dataset, config: TrainingConfig, players: list[Player] | None,

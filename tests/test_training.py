@@ -151,10 +151,22 @@ def test_nonfinite_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
         train(TinyRegression(), RandomPairs(64, poison=range(64)), config)
 
 
+def test_max_train_minutes_stops_at_a_logging_step_and_publishes(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path / "timed"), max_train_steps=10_000, train_batch_size=4, logging_steps=3,
+                            max_train_minutes=1e-6, save_images_steps=0, seed=0)
+    train(TinyRegression(), RandomPairs(64), config)
+    run = json.loads((tmp_path / "timed" / "logs" / "run.json").read_text())
+    assert run["global_step"] == 3  # the first check, long past 60 microseconds
+    assert (tmp_path / "timed" / "model.safetensors").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "timed")] == ["checkpoint-3"]
+
+
 def test_bad_flags_give_one_line(tmp_path):
     for flags, message in [(["--max_train_steps", "-5"], "--max_train_steps must be positive"),
                            (["--train_data_dir", str(tmp_path / "nope")], "is not a folder"),
                            (["--mixed_precision", "fp8"], "--mixed_precision must be"),
+                           (["--max_train_minutes", "0"], "--max_train_minutes must be positive"),
+                           (["--sample_kwargs", "{temperature: 1}"], "--sample_kwargs must be a JSON object"),
                            *([(["--mixed_precision", "fp16"], "fp16 needs a GPU; on the CPU use bf16")]
                              if not torch.cuda.is_available() else [])]:
         result = subprocess.run([sys.executable, "training/train_vae.py", *flags], cwd=REPO_ROOT, capture_output=True, text=True)
