@@ -116,7 +116,7 @@ def evaluate(model_name: str, flags: list[str], write_card: bool) -> None:
         dataset_name = f"last {data.validation_fraction:.0%} of {data.train_file or data.dataset_name}"
     print(json.dumps({"model": str(model_name), "dataset": dataset_name, **metrics}, indent=2))
     if write_card:
-        update_model_card_metrics(Path(model_name), model, metrics, dataset_name)
+        update_model_card_metrics(Path(model_name), model, metrics, dataset_name, evaluation.sample_kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -352,6 +352,7 @@ images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C,
 def card_data(
     *, library_name: str, tags: list[str], pipeline_tag: str, model_name: str, datasets: list[str] | None,
     metrics: dict[str, float], metrics_dataset: str, training_command: str | None, training_time: str | None,
+    metrics_sample_kwargs: str | None = None,
 ) -> ModelCardData:
     """The YAML metadata of every gm-hub card: library, tags, datasets, and the metrics in model-index form."""
     return ModelCardData(
@@ -362,7 +363,8 @@ def card_data(
         pipeline_tag=pipeline_tag,
         model_name=model_name,
         # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
-        gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset},
+        gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset,
+                **({"metrics_sample_kwargs": metrics_sample_kwargs} if metrics_sample_kwargs else {})},
         eval_results=[
             EvalResult(task_type=pipeline_tag or "other", dataset_type=(datasets or ["custom"])[0], dataset_name=metrics_dataset,
                        metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
@@ -379,6 +381,7 @@ def make_model_card(
     training_command: str | None = None,
     datasets: list[str] | None = None,
     training_time: str | None = None,
+    metrics_sample_kwargs: str | None = None,
     **_: Any,
 ) -> ModelCard:
     """A model card: YAML metadata (library, tags, datasets, model-index metrics), then what, how, how good."""
@@ -393,10 +396,12 @@ def make_model_card(
         model_name=name,
         datasets=datasets or list(model.dataset_tags),
         metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
+        metrics_sample_kwargs=metrics_sample_kwargs,
     )
     rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
     command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
     time_line = f"\nTraining time: {training_time}.\n" if training_time else ""
+    sampling_note = f"Samples drawn with `sample(..., **{metrics_sample_kwargs})`." if metrics_sample_kwargs else ""
     return ModelCard(f"""---
 {metadata.to_yaml()}
 ---
@@ -423,7 +428,7 @@ Config:
 
 ## Metrics ({metrics_dataset})
 
-{model.card_metrics_note}
+{" ".join(filter(None, [model.card_metrics_note, sampling_note]))}
 
 | metric | value |
 |---|---|
@@ -433,13 +438,18 @@ Library: [gm-hub]({REPO_URL}).
 """)
 
 
-def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, float], metrics_dataset: str) -> None:
-    """Rewrite a saved model's README.md with new metrics, keeping how it was trained."""
+def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, float], metrics_dataset: str,
+                              sample_kwargs: str | None = None) -> None:
+    """Rewrite a saved model's README.md with new metrics, keeping how it was trained; `sample_kwargs` (JSON)
+    says how the scored samples were drawn when not by `sample()`'s defaults."""
     card_path = Path(folder) / "README.md"
     if not Path(folder).is_dir():
         raise UserError(f"--write_card needs a local model folder, got {folder}")
     previous = ModelCard.load(card_path).data.to_dict() if card_path.is_file() else {}
     info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset}
+    info.pop("metrics_sample_kwargs", None)  # it described the old metrics
+    if sample_kwargs:
+        info["metrics_sample_kwargs"] = sample_kwargs
     model.generate_model_card(metrics=metrics, datasets=previous.get("datasets"), **info).save(card_path)
 
 

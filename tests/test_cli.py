@@ -42,6 +42,17 @@ def test_evaluate_prints_json_and_can_write_the_card(saved):
     assert f"{metrics['bits_per_dim']:.4f}" in (saved / "README.md").read_text()
 
 
+def test_evaluate_samples_with_the_given_keywords_and_the_card_says_so(saved):
+    kwargs = '{"most_likely_pixels": true}'
+    result = gm_hub("evaluate", saved, "--max_eval_items", 16, "--num_importance_samples", 2, "--sample_kwargs", kwargs,
+                    "--write_card")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["num_eval_samples"] == 16
+    assert f"**{kwargs})" in (saved / "README.md").read_text()
+    wrong = gm_hub("evaluate", saved, "--max_eval_items", 16, "--sample_kwargs", '{"temperature": 0.5}')
+    assert wrong.returncode == 2 and "--sample_kwargs" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_train_runs_the_family_script(tmp_path):
     result = gm_hub("train", "vae", "--output_dir", tmp_path / "out", "--max_train_steps", 2, "--hidden_channels", 4,
                     "--latent_dim", 2, "--num_mixtures", 1, "--train_batch_size", 8, "--max_eval_items", 8,
