@@ -7,7 +7,9 @@ One tab per family of `gm_hub/registry.py` with a demo tab, built by that family
 `gm_hub/demo/`, then Compare (every image family side by side) and About; models load lazily, once per process (`GM_HUB_<NAME>_MODEL`, else the shipped folder). A
 family whose model is missing or fails to load shows why in its own tab. On a GPU the models run there: on
 a ZeroGPU Space each GPU-bound event holds a GPU through `@spaces.GPU`; elsewhere on CUDA if present, else
-on the CPU.
+on the CPU. Events queue in two groups (`gm_hub.demo.on_click`): those that take seconds (diffusion, PixelCNN, text,
+Compare) one at a time, and those that take milliseconds apart from them, so a GAN sample never waits behind a
+diffusion run.
 """
 
 import importlib
@@ -46,4 +48,4 @@ def build_demo() -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build_demo().queue(default_concurrency_limit=1).launch()
+    build_demo().queue(default_concurrency_limit=1).launch()  # the default binds only events outside on_click

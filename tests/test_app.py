@@ -17,7 +17,12 @@ from gm_hub.demo import gan as gan_tab
 from gm_hub.demo import gpt as gpt_tab
 from gm_hub.demo import vae as vae_tab
 from gm_hub.models.vae import VAE, VAEConfig
-from gm_hub.registry import get_family
+from gm_hub.registry import FAMILIES, get_family
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import load_test  # noqa: E402  (benchmarks/ is not a package)
+
+SLOW_ENDPOINTS = {"sample_ddpm", "sample_pixelcnn", "complete_pixelcnn", "generate_text", "compare"}
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +215,41 @@ def test_compare_samples_every_image_family_with_the_same_seed(app_module):
     assert plot is not None
     built = app_module.build_demo()
     assert "compare" in {dependency.api_name for dependency in built.fns.values()}
+
+
+def test_slow_and_fast_events_queue_apart(app_module):
+    """Seconds-long events share one concurrency group, millisecond ones another, each with its own limit."""
+    built = app_module.build_demo()
+    groups = {dependency.api_name: (dependency.concurrency_id, dependency.concurrency_limit)
+              for dependency in built.fns.values()}
+    assert SLOW_ENDPOINTS <= set(groups) and {"sample_vae", "reconstruct_vae", "sample_gan", "sample_glow"} <= set(groups)
+    for api_name, group in groups.items():
+        expected = demo.SLOW_EVENTS if api_name in SLOW_ENDPOINTS else demo.FAST_EVENTS
+        assert group == (expected, demo.CONCURRENCY_LIMITS[expected]), api_name
+
+
+def test_a_fast_request_does_not_wait_behind_a_slow_one(tiny_gan, tmp_path):
+    from gradio_client.utils import Status
+
+    from gm_hub.models.ddpm import DDPM, DDPMConfig
+
+    torch.manual_seed(0)  # a tiny UNet, but 1,000 DDPM steps of 16 images: tens of seconds on this CPU
+    DDPM(DDPMConfig(block_out_channels=(8, 16), attention_resolutions=(14,), norm_num_groups=4)).save_pretrained(tmp_path / "ddpm")
+    models = {family.name: str(tmp_path / "missing") for family in FAMILIES.values() if family.demo_tab}  # fast start
+    models.update(ddpm=str(tmp_path / "ddpm"), gan=str(tiny_gan))
+    port = load_test.free_port()
+    server = load_test.start_app(port, models)
+    try:
+        client = load_test.connect(port, server)
+        slow = client.submit("DDPMScheduler", 1000, 0.0, 16, 0, api_name="/sample_ddpm")
+        deadline = time.time() + 60
+        while slow.status().code not in (Status.PROCESSING, Status.ITERATING) and time.time() < deadline:
+            time.sleep(0.1)
+        assert slow.status().code in (Status.PROCESSING, Status.ITERATING), "the DDPM request never started"
+        path, took = client.submit(4, 0, 0.0, api_name="/sample_gan").result(timeout=30)  # TimeoutError if it waits
+        assert not slow.done(), "the GAN request waited for the DDPM one"
+        assert Image.open(path).size == (2 + 2 * 86, 2 + 2 * 86) and took.endswith("on CPU")
+        slow.cancel()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

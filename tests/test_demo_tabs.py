@@ -1,4 +1,5 @@
-"""The demo tabs of the flows, PixelCNN and DDPM: their handlers in-process on tiny untrained 28-pixel models."""
+"""The demo tabs of the flows, PixelCNN, DDPM and the VAE's reconstruction: their handlers in-process on tiny untrained
+28-pixel models."""
 
 import sys
 
@@ -11,10 +12,12 @@ from gm_hub import demo
 from gm_hub.demo import ddpm as ddpm_tab
 from gm_hub.demo import flow as flow_tab
 from gm_hub.demo import pixelcnn as pixelcnn_tab
+from gm_hub.demo import vae as vae_tab
 from gm_hub.models.ddpm import DDPM, DEFAULT_SCHEDULER, DDPMConfig
 from gm_hub.models.glow import Glow, GlowConfig
 from gm_hub.models.pixelcnn import PixelCNN, PixelCNNConfig
 from gm_hub.models.realnvp import RealNVP, RealNVPConfig
+from gm_hub.models.vae import VAE, VAEConfig
 from gm_hub.registry import get_family
 
 TINY_MODELS = {  # 28 pixels, as the tabs' real digits and the 84-pixel upscaling (x3) expect
@@ -23,6 +26,7 @@ TINY_MODELS = {  # 28 pixels, as the tabs' real digits and the 84-pixel upscalin
     "pixelcnn": lambda: PixelCNN(PixelCNNConfig(hidden_channels=8, num_layers=2, first_kernel_size=3, num_mixtures=2)),
     "ddpm": lambda: DDPM(DDPMConfig(block_out_channels=(8, 16), attention_resolutions=(14,), norm_num_groups=4,
                                     num_train_timesteps=100)),
+    "vae": lambda: VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2)),
 }
 CELL = 86  # an 84-pixel upscaled digit and the grid's 2-pixel padding
 
@@ -67,6 +71,14 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def bar_sketch() -> dict:
+    """A sketchpad value as the browser sends it: a black background and a layer, transparent but for a white bar."""
+    canvas = demo.CANVAS_SIZE
+    stroke = np.zeros((canvas, canvas, 4), dtype=np.uint8)
+    stroke[40:240, 130:150] = 255
+    return {"background": np.zeros((canvas, canvas, 3), dtype=np.uint8), "layers": [stroke], "composite": None}
+
+
 @pytest.mark.parametrize("name", ["realnvp", "glow"])
 def test_flow_tab_samples_and_interpolates_what_the_model_does(tabs, name):
     family = get_family(name)
@@ -106,19 +118,38 @@ def test_pixelcnn_tab_completes_the_top_rows_of_a_real_digit(tabs):
 
 
 def test_pixelcnn_tab_completes_a_drawing(tabs):
-    canvas = pixelcnn_tab.CANVAS_SIZE
-    stroke = np.zeros((canvas, canvas, 4), dtype=np.uint8)  # a layer: transparent but for a white vertical bar
-    stroke[40:240, 130:150] = 255
-    sketch = {"background": np.zeros((canvas, canvas, 3), dtype=np.uint8), "layers": [stroke], "composite": None}
-    drawn = pixelcnn_tab.sketch_to_digit(sketch)
+    sketch = bar_sketch()
+    drawn = demo.sketch_to_digit(sketch)
     assert drawn.shape == (1, 1, 28, 28) and drawn.dtype == torch.uint8
     assert drawn[0, 0, 10, 14] > 200 and drawn[0, 0, 10, 3] == 0 and drawn[0, 0, 1, 14] == 0  # the bar, scaled down
     grid, _ = pixelcnn_tab.complete(get_family("pixelcnn"), pixelcnn_tab.DRAWN, sketch, 10, "1", 2, 0)
     assert grid.size == (2 + 3 * CELL, 2 + CELL)
     assert digit(grid, 1)[:10] == drawn[0, 0, :10].tolist()
-    empty = {**sketch, "layers": [np.zeros_like(stroke)]}
+    empty = {**sketch, "layers": [np.zeros_like(sketch["layers"][0])]}
     with pytest.raises(demo.gr.Error, match="Drawing"):
         pixelcnn_tab.complete(get_family("pixelcnn"), pixelcnn_tab.DRAWN, empty, 10, "1", 2, 0)
+
+
+def test_vae_tab_reconstructs_a_drawing_beside_it(tabs):
+    family = get_family("vae")
+    grid, took = vae_tab.reconstruct(family, vae_tab.DRAWING, bar_sketch(), None)
+    assert grid.size == (2 + 2 * CELL, 2 + CELL) and took.endswith("on CPU")  # the 28-pixel input, its reconstruction
+    drawn = demo.sketch_to_digit(bar_sketch())
+    assert digit(grid, 0) == drawn[0, 0].tolist()
+    assert digit(grid, 1) == demo.get_model(family).reconstruct(drawn)[0, 0].tolist()
+
+
+def test_vae_tab_reconstructs_an_upload_inverting_a_light_page(tabs):
+    family = get_family("vae")
+    page = np.full((300, 200, 3), 230, dtype=np.uint8)  # RGB, not square: a dark bar on a light page
+    page[50:250, 90:110] = 20
+    grid, took = vae_tab.reconstruct(family, vae_tab.UPLOAD, None, page)
+    assert grid.size == (2 + 2 * CELL, 2 + CELL) and "inverted" in took
+    uploaded = digit(grid, 0)  # white on black at 28 x 28, as MNIST
+    assert uploaded[14][14] > 200 and uploaded[14][3] < 30 and uploaded[1][14] < 30
+    assert digit(grid, 1) == demo.get_model(family).reconstruct(torch.tensor(uploaded)[None, None])[0, 0].tolist()
+    dark, took = vae_tab.reconstruct(family, vae_tab.UPLOAD, None, 255 - page[..., 0])  # grayscale, already white on black
+    assert digit(dark, 0) == uploaded and "inverted" not in took
 
 
 @pytest.mark.parametrize("scheduler, eta", [(DEFAULT_SCHEDULER, 0.0), ("DDIMScheduler", 0.5)])
@@ -148,6 +179,13 @@ def test_ddpm_tab_streams_the_denoising_and_ends_with_the_samples(tabs, schedule
     (lambda f: pixelcnn_tab.complete(f("pixelcnn"), "x", None, 14, "any", 2, 0), "Digit to complete"),
     (lambda f: pixelcnn_tab.complete(f("pixelcnn"), pixelcnn_tab.DRAWN, "not a sketch", 14, "any", 2, 0), "Drawing"),
     (lambda f: pixelcnn_tab.complete(f("pixelcnn"), "7", None, 14, "any", 2, 2**64), "Seed"),
+    (lambda f: vae_tab.reconstruct(f("vae"), vae_tab.DRAWING, {"background": None, "layers": [], "composite": None},
+                                   None), "Drawing"),
+    (lambda f: vae_tab.reconstruct(f("vae"), vae_tab.DRAWING, None, None), "Drawing"),
+    (lambda f: vae_tab.reconstruct(f("vae"), vae_tab.UPLOAD, bar_sketch(), None), "Image"),
+    (lambda f: vae_tab.reconstruct(f("vae"), vae_tab.UPLOAD, None, np.full((20, 20), 255, dtype=np.uint8)), "Image"),
+    (lambda f: vae_tab.reconstruct(f("vae"), vae_tab.UPLOAD, None, "not an image"), "Image"),
+    (lambda f: vae_tab.reconstruct(f("vae"), "camera", None, None), "Digit to reconstruct"),
     (lambda f: list(ddpm_tab.denoise(f("ddpm"), DEFAULT_SCHEDULER, 0, 0.0, 4, 0)), "Steps"),
     (lambda f: list(ddpm_tab.denoise(f("ddpm"), DEFAULT_SCHEDULER, 101, 0.0, 4, 0)), "Steps"),  # above its 100 timesteps
     (lambda f: list(ddpm_tab.denoise(f("ddpm"), "DDIMScheduler", 10, float("nan"), 4, 0)), "Eta"),
@@ -169,4 +207,4 @@ def test_demo_has_the_new_tabs_endpoints(tabs):
         sys.path.remove(str(REPO_ROOT))
     api_names = {dependency.api_name for dependency in built.fns.values()}
     assert {"sample_realnvp", "interpolate_realnvp", "sample_glow", "interpolate_glow", "sample_pixelcnn",
-            "complete_pixelcnn", "sample_ddpm"} <= api_names
+            "complete_pixelcnn", "sample_ddpm", "reconstruct_vae"} <= api_names

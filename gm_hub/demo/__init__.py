@@ -13,9 +13,10 @@ import os
 import time
 
 import gradio as gr
+import numpy as np
 import torch
 
-from ..data import image_grid
+from ..data import image_grid, to_uint8_images
 from ..errors import UserError
 from ..registry import Family
 
@@ -27,9 +28,22 @@ except ImportError:  # not installed (or only the repository's spaces/ folder is
         return function
 
 
-GPU_QUEUE = "gpu"  # events that run a model share one queue, so a GPU is never oversubscribed
+# Concurrency groups: events that take seconds (DDPM denoising, PixelCNN sampling and completion, GPT text, Compare)
+# queue behind each other, never in front of the ones that take milliseconds (VAE, GAN, flows).
+SLOW_EVENTS = "slow"
+FAST_EVENTS = "fast"
+CONCURRENCY_LIMITS = {SLOW_EVENTS: 1, FAST_EVENTS: 1}  # two events at once in all: one per core of the CPU Space
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 64  # per request, for every image family
+CANVAS_SIZE = 280  # pixels of a digit sketchpad, ten per pixel of a 28-pixel digit
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as gm_hub.data converts RGB to grayscale
+
+
+def on_click(button: gr.Button, handler, inputs: list, outputs: list, *, api_name: str, slow: bool) -> None:
+    """Run `handler` when `button` is clicked, as endpoint `api_name`, in the slow or the fast concurrency group."""
+    group = SLOW_EVENTS if slow else FAST_EVENTS
+    button.click(handler, inputs, outputs, api_name=api_name, concurrency_id=group,
+                 concurrency_limit=CONCURRENCY_LIMITS[group])
 
 
 def model_source(family: Family) -> str | None:
@@ -144,5 +158,64 @@ def digit_interpolation(family: Family, label: str) -> None:
     button = gr.Button("Interpolate")
     line = gr.Image(label=label, type="pil", format="png")
     took = gr.Markdown()
-    button.click(functools.partial(interpolate_digits, family), [digit_a, digit_b, steps], [line, took],
-                 api_name=f"interpolate_{family.name}", concurrency_id=GPU_QUEUE)
+    on_click(button, functools.partial(interpolate_digits, family), [digit_a, digit_b, steps], [line, took],
+             api_name=f"interpolate_{family.name}", slow=False)
+
+
+def digit_sketchpad(label: str) -> gr.Sketchpad:
+    """A black CANVAS_SIZE-pixel canvas with a fixed white brush, for a digit drawn as MNIST's are."""
+    return gr.Sketchpad(value=np.zeros((CANVAS_SIZE, CANVAS_SIZE, 3), dtype=np.uint8), type="numpy",
+                        image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE), layers=False,
+                        brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                        label=label)
+
+
+def ink(image) -> np.ndarray:
+    """An image, (H, W), (H, W, 3) or (H, W, 4) uint8 -> its brightness (H, W) in [0, 255], where a layer's
+    transparent pixels count as black."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 2:
+        return image
+    brightness = image[..., :3] @ LUMINANCE if image.shape[-1] >= 3 else image[..., 0]
+    return brightness * image[..., 3] / 255 if image.shape[-1] == 4 else brightness
+
+
+def to_digit(brightness: np.ndarray) -> torch.Tensor:
+    """(H, W) brightness in [0, 255] -> uint8 (1, 1, 28, 28), resized (stretched if not square)."""
+    image = torch.from_numpy(brightness.round().clip(0, 255).astype(np.uint8))[None, None]  # (1, 1, H, W)
+    return to_uint8_images(image, 28, 1)
+
+
+def sketch_to_digit(sketch) -> torch.Tensor:
+    """A gr.Sketchpad value (white ink on black) -> uint8 (1, 1, 28, 28): the background and every layer's ink."""
+    if not isinstance(sketch, dict):
+        raise gr.Error(f"Drawing must be a sketchpad value, got {type(sketch).__name__}")
+    pieces = [sketch.get("background"), *(sketch.get("layers") or [])]
+    pieces = [piece for piece in pieces if piece is not None] or [sketch.get("composite")]
+    if pieces[0] is None:
+        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
+    drawn = np.max(np.stack([ink(piece) for piece in pieces]), axis=0)  # (H, W)
+    if drawn.max() < 1:
+        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
+    return to_digit(drawn)
+
+
+def upload_to_digit(image) -> tuple[torch.Tensor, bool]:
+    """Any uploaded image, (H, W), (H, W, 3) or (H, W, 4) uint8 -> (uint8 (1, 1, 28, 28), whether it was inverted).
+
+    The image is made grayscale and resized to 28x28. MNIST digits are white on black, so an image that is mostly
+    bright (mean brightness above half, e.g. a dark digit on paper) is inverted first.
+    """
+    if image is None:
+        raise gr.Error("Image is missing: upload an image of a digit")
+    array = np.asarray(image)
+    if array.dtype == object or array.ndim not in (2, 3) or array.size == 0:
+        raise gr.Error(f"Image must be a picture (height, width[, channels]), got an array of shape {array.shape}")
+    brightness = ink(array)
+    inverted = bool(brightness.mean() > 127.5)
+    if inverted:
+        brightness = 255 - brightness
+    digit = to_digit(brightness)
+    if digit.max() < 1:
+        raise gr.Error("Image is blank: upload an image of a digit")
+    return digit, inverted

@@ -9,7 +9,7 @@ import gradio as gr
 import torch
 
 from ..registry import Family
-from . import GPU_QUEUE, check_number, check_seed, gpu, load_error, model_on_device, model_source, timed_grid
+from . import check_number, check_seed, gpu, load_error, model_on_device, model_source, on_click, timed_grid
 
 CARD_METRICS = ("classifier_fid", "confident_share", "bits_per_dim")
 MAX_COMPARE_IMAGES = 16  # per family: the autoregressive and diffusion families take seconds per batch
@@ -85,4 +85,4 @@ def build_tab(families: list[Family]) -> None:
                 outputs.append(gr.Image(label=family.title, type="pil", format="png"))
                 outputs.append(gr.Markdown())
     plot = gr.Plot(label="Quality against sampling time")
-    button.click(partial(compare, families), [count, seed], [*outputs, plot], api_name="compare", concurrency_id=GPU_QUEUE)
+    on_click(button, partial(compare, families), [count, seed], [*outputs, plot], api_name="compare", slow=True)

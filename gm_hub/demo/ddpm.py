@@ -13,7 +13,7 @@ import torch
 from ..errors import UserError
 from ..models.ddpm import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SCHEDULER, SCHEDULERS
 from ..registry import Family
-from . import GPU_QUEUE, check_number, check_seed, gpu, model_on_device, timed_grid
+from . import check_number, check_seed, gpu, model_on_device, on_click, timed_grid
 
 MAX_SAMPLES = 16
 MAX_STEPS = 1_000
@@ -55,5 +55,5 @@ def build_tab(family: Family) -> None:
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Denoising (x_t), then the samples", type="pil", format="png")
     took = gr.Markdown()
-    button.click(partial(denoise, family), [scheduler, steps, eta, count, seed], [grid, took], api_name="sample_ddpm",
-                 concurrency_id=GPU_QUEUE)
+    on_click(button, partial(denoise, family), [scheduler, steps, eta, count, seed], [grid, took], api_name="sample_ddpm",
+             slow=True)

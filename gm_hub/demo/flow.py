@@ -6,7 +6,7 @@ from functools import partial
 import gradio as gr
 
 from ..registry import Family
-from . import GPU_QUEUE, check_number, digit_interpolation, sample_images
+from . import check_number, digit_interpolation, on_click, sample_images
 
 DESCRIPTIONS = {
     "realnvp": "RealNVP (Dinh et al.): a normalizing flow of affine couplings over dequantized pixels, with act-norm "
@@ -31,6 +31,6 @@ def build_tab(family: Family) -> None:
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()
-    button.click(partial(sample, family), [count, seed, temperature], [grid, took], api_name=f"sample_{family.name}",
-                 concurrency_id=GPU_QUEUE)
+    on_click(button, partial(sample, family), [count, seed, temperature], [grid, took], api_name=f"sample_{family.name}",
+             slow=False)
     digit_interpolation(family, "Interpolation in z")

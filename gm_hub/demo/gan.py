@@ -7,7 +7,7 @@ import gradio as gr
 import torch
 
 from ..registry import Family
-from . import GPU_QUEUE, check_number, check_seed, gpu, model_on_device, sample_images, timed_grid
+from . import check_number, check_seed, gpu, model_on_device, on_click, sample_images, timed_grid
 
 
 def sample(family: Family, num_samples, seed, truncation):
@@ -35,8 +35,7 @@ def build_tab(family: Family) -> None:
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()
-    button.click(partial(sample, family), [count, seed, truncation], [grid, took], api_name="sample_gan",
-                 concurrency_id=GPU_QUEUE)
+    on_click(button, partial(sample, family), [count, seed, truncation], [grid, took], api_name="sample_gan", slow=False)
     with gr.Row():
         seed_a = gr.Number(value=1, precision=0, label="From seed")
         seed_b = gr.Number(value=2, precision=0, label="To seed")
@@ -45,5 +44,5 @@ def build_tab(family: Family) -> None:
     line_button = gr.Button("Interpolate")
     line = gr.Image(label="Latent interpolation", type="pil", format="png")
     line_took = gr.Markdown()
-    line_button.click(partial(interpolate, family), [seed_a, seed_b, steps, spherical], [line, line_took],
-                      api_name="interpolate_gan", concurrency_id=GPU_QUEUE)
+    on_click(line_button, partial(interpolate, family), [seed_a, seed_b, steps, spherical], [line, line_took],
+             api_name="interpolate_gan", slow=False)

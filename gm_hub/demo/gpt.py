@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..errors import UserError
 from ..registry import Family
-from . import GPU_QUEUE, check_number, check_seed, gpu, model_on_device
+from . import check_number, check_seed, gpu, model_on_device, on_click
 
 MAX_PROMPT_CHARACTERS = 2_000
 MAX_NEW_TOKENS = 1_024
@@ -57,5 +57,5 @@ def build_tab(family: Family) -> None:
         seed = gr.Number(value=0, precision=0, label="Seed")
     button = gr.Button("Generate", variant="primary")
     text = gr.Textbox(lines=14, label="Continuation")
-    button.click(partial(generate, family), [prompt, tokens, temperature, top_k, top_p, penalty, seed],
-                 text, api_name="generate_text", concurrency_id=GPU_QUEUE)
+    on_click(button, partial(generate, family), [prompt, tokens, temperature, top_k, top_p, penalty, seed], [text],
+             api_name="generate_text", slow=True)

@@ -8,18 +8,16 @@ import time
 from functools import partial
 
 import gradio as gr
-import numpy as np
 import torch
 
 from ..data import to_uint8_images
 from ..registry import Family
-from . import GPU_QUEUE, check_number, check_seed, example_digits, gpu, model_on_device, sample_images, timed_grid
+from . import (check_number, check_seed, digit_sketchpad, example_digits, gpu, model_on_device, on_click, sample_images,
+               sketch_to_digit, timed_grid)
 
 MAX_SAMPLES = 16
 ANY_DIGIT = "any"
 DRAWN = "drawn below"
-CANVAS_SIZE = 280  # pixels of the sketchpad, ten per pixel of a 28-pixel digit
-LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as gm_hub.data converts RGB to grayscale
 
 
 def digit_label(digit) -> int | None:
@@ -27,31 +25,6 @@ def digit_label(digit) -> int | None:
     if digit is None or digit == ANY_DIGIT:
         return None
     return check_number("Digit class", digit, 0, 9, integer=True)
-
-
-def ink(image) -> np.ndarray:
-    """A sketchpad image, (H, W), (H, W, 3) or (H, W, 4) uint8 -> its brightness (H, W) in [0, 255], where a
-    layer's transparent pixels count as black."""
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 2:
-        return image
-    brightness = image[..., :3] @ LUMINANCE if image.shape[-1] >= 3 else image[..., 0]
-    return brightness * image[..., 3] / 255 if image.shape[-1] == 4 else brightness
-
-
-def sketch_to_digit(sketch) -> torch.Tensor:
-    """A gr.Sketchpad value (white ink on black) -> uint8 (1, 1, 28, 28): the background and every layer's ink."""
-    if not isinstance(sketch, dict):
-        raise gr.Error(f"Drawing must be a sketchpad value, got {type(sketch).__name__}")
-    pieces = [sketch.get("background"), *(sketch.get("layers") or [])]
-    pieces = [piece for piece in pieces if piece is not None] or [sketch.get("composite")]
-    if pieces[0] is None:
-        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
-    drawn = np.max(np.stack([ink(piece) for piece in pieces]), axis=0)  # (H, W)
-    if drawn.max() < 1:
-        raise gr.Error("Drawing is empty: draw a digit on the sketchpad")
-    image = torch.from_numpy(drawn.round().clip(0, 255).astype(np.uint8))[None, None]  # (1, 1, H, W)
-    return to_uint8_images(image, 28, 1)
 
 
 def sample(family: Family, digit, temperature, num_samples, seed):
@@ -94,21 +67,18 @@ def build_tab(family: Family) -> None:
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()
-    button.click(partial(sample, family), [digit, temperature, count, seed], [grid, took], api_name="sample_pixelcnn",
-                 concurrency_id=GPU_QUEUE)
+    on_click(button, partial(sample, family), [digit, temperature, count, seed], [grid, took], api_name="sample_pixelcnn",
+             slow=True)
     with gr.Row():
         source = gr.Dropdown([*map(str, range(10)), DRAWN], value="7", label="Digit to complete")
         rows = gr.Slider(4, 24, value=14, step=1, label="Rows given")
         completion_digit = gr.Dropdown(digits, value=ANY_DIGIT, label="Digit class")
         completion_count = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of completions")
         completion_seed = gr.Number(value=0, precision=0, label="Seed")
-    sketch = gr.Sketchpad(value=np.zeros((CANVAS_SIZE, CANVAS_SIZE, 3), dtype=np.uint8), type="numpy",
-                          image_mode="RGBA", canvas_size=(CANVAS_SIZE, CANVAS_SIZE), layers=False,
-                          brush=gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
-                          label="Your digit (white on black; pick \"drawn below\" above)")
+    sketch = digit_sketchpad("Your digit (white on black; pick \"drawn below\" above)")
     complete_button = gr.Button("Complete")
     completions = gr.Image(label="Given rows, then completions", type="pil", format="png")
     completions_took = gr.Markdown()
-    complete_button.click(partial(complete, family),
-                          [source, sketch, rows, completion_digit, completion_count, completion_seed],
-                          [completions, completions_took], api_name="complete_pixelcnn", concurrency_id=GPU_QUEUE)
+    on_click(complete_button, partial(complete, family),
+             [source, sketch, rows, completion_digit, completion_count, completion_seed],
+             [completions, completions_took], api_name="complete_pixelcnn", slow=True)
