@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bad_requests import free_port
+from gm_hub.models.ddpm import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SCHEDULER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CELL = 86  # an 84-pixel upscaled digit and the grid's 2-pixel padding
@@ -48,7 +49,7 @@ REQUESTS = {
     "/interpolate_glow": ((1, 7, 5), grid_size(5, 1)),
     "/sample_pixelcnn": (("any", 1.0, NUM_IMAGES, SEED), SQUARE),
     "/complete_pixelcnn": (("7", None, 14, "any", 2, SEED), grid_size(3, 1)),
-    "/sample_ddpm": (("DPMSolverMultistepScheduler", 20, 0.0, NUM_IMAGES, SEED), SQUARE),
+    "/sample_ddpm": ((DEFAULT_SCHEDULER, DEFAULT_NUM_INFERENCE_STEPS, 0.0, NUM_IMAGES, SEED), SQUARE),
     "/generate_text": (("All:\n", 64, 0.8, 0, 1.0, 1.0, SEED), "text"),
     "/compare": ((NUM_IMAGES, SEED), "compare"),
 }
@@ -157,8 +158,9 @@ def report(results: list[Result], command: str, wall_seconds: float, memory: dic
              f"{len({r.endpoint for r in results})} endpoints, {len(results)} requests in {wall_seconds:.0f} s "
              f"on {os.cpu_count()} CPU cores; load average (1, 5, 15 min) "
              f"{', '.join(f'{v:.1f}' for v in load_before)} before and {', '.join(f'{v:.1f}' for v in load_after)} "
-             "after (the run's own load included; other jobs may share the machine). The app queues every "
-             "model event in one queue of concurrency 1, so latency includes the wait behind other users.", "",
+             "after (the run's own load included; other jobs may share the machine). The app runs one slow "
+             "event (DDPM, PixelCNN, GPT, Compare) and one fast event at a time, so latency includes the wait behind "
+             "other users.", "",
              "| endpoint | requests | errors | p50 (s) | p95 (s) | max (s) |", "|---|---|---|---|---|---|"]
     for endpoint in dict.fromkeys(r.endpoint for r in sorted(results, key=lambda r: list(REQUESTS).index(r.endpoint))):
         times = sorted(r.seconds for r in results if r.endpoint == endpoint)

@@ -3,7 +3,6 @@ sampling time on this machine and the metrics of its model card, and a plot of q
 
 import time
 from functools import partial
-from pathlib import Path
 
 import gradio as gr
 import torch
