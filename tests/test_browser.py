@@ -71,22 +71,31 @@ def app_url(tmp_path_factory):
         server.wait(timeout=30)
 
 
+def launch_page(playwright, timeout_ms: int = TIMEOUT_MS):
+    """A 1280 x 900 page of a new headless Chromium (Debian's); every wait and expect gives up after `timeout_ms`.
+    Also benchmarks/browser_latency.py's browser; close it with `page.context.browser.close()`."""
+    from playwright.sync_api import expect
+
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(timeout_ms)
+    expect.set_options(timeout=timeout_ms)
+    return page
+
+
 @pytest.fixture
 def page():
     """A Chromium page; the test fails, not skips, when Chromium or Playwright is missing."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver (as .ci/run does)")
     try:
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("no Playwright: pip install -e '.[test]' (never `playwright install`: Debian's Chromium is used)")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
+        page = launch_page(playwright)
         yield page
-        browser.close()
+        page.context.browser.close()
 
 
 def grid_size(num_images: int, num_columns: int | None = None) -> tuple[int, int]:
@@ -110,11 +119,14 @@ class Tab:
     def click(self, button: str) -> None:
         self.panel.get_by_role("button", name=button, exact=True).click()
 
+    def block(self, label: str):
+        """The block (a component with its label) labelled `label`."""
+        return self.panel.locator(".block").filter(has=self.page.get_by_test_id("block-label").filter(
+            has_text=re.compile(rf"^\s*{re.escape(label)}$"))).last
+
     def image(self, label: str):
         """The <img> of the image block labelled `label`."""
-        block = self.panel.locator(".block").filter(has=self.page.get_by_test_id("block-label").filter(
-            has_text=re.compile(rf"^\s*{re.escape(label)}$"))).last
-        return block.locator("img")
+        return self.block(label).locator("img")
 
     def expect_image(self, label: str, size: tuple[int, int]) -> Image.Image:
         """Wait until the image labelled `label` is shown at `size` (its real pixels), and return those pixels."""
