@@ -183,16 +183,26 @@ def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     return conv
 
 
+COUPLING_LOG_SCALES = ("tanh", "sigmoid")
+SIGMOID_SCALE_AT_ZERO = math.log(1 / (1 + math.exp(-2.0)))  # log sigmoid(2): a zero net output leaves x as it is
+
+
 class AffineCoupling(nn.Module):
     """y_b = x_b * exp(s(x_a)) + t(x_a), y_a = x_a [1, eq. 7-9]; log-det = sum(s).
 
     The split (a, b) is a checkerboard of pixels or the two halves of the channels [1, section 3.4]; `parity`
-    says which part is kept (a). s = scale * tanh(raw) keeps the log-scale bounded, as [1]'s implementation.
+    says which part is kept (a). The log-scale s is `log_scale`:
+    - "tanh": s = scale * tanh(raw) with a learned scale per channel, as [1]'s implementation;
+    - "sigmoid": s = log sigmoid(raw + 2) - log sigmoid(2), the official Glow code's scale shifted to start
+      at the identity: s < log(1 / sigmoid(2)) = 0.127, so a coupling stretches no dimension by more than
+      1.13x, and an input unlike the training data cannot be blown up step after step.
     """
 
-    def __init__(self, num_channels: int, hidden_channels: int, checkerboard: bool, parity: int):
+    def __init__(self, num_channels: int, hidden_channels: int, checkerboard: bool, parity: int, log_scale: str = "tanh"):
         super().__init__()
-        self.checkerboard, self.parity = checkerboard, parity
+        if log_scale not in COUPLING_LOG_SCALES:
+            raise ValueError(f"log_scale must be one of {COUPLING_LOG_SCALES}, got {log_scale!r}")
+        self.checkerboard, self.parity, self.log_scale = checkerboard, parity, log_scale
         if checkerboard:
             # The network sees x * mask and the mask itself (a convolution can't tell kept pixels apart otherwise).
             in_channels, out_channels = num_channels + 1, num_channels
@@ -205,7 +215,8 @@ class AffineCoupling(nn.Module):
             nn.Conv2d(hidden_channels, hidden_channels, 1), nn.ReLU(),
             zero_conv(hidden_channels, 2 * out_channels),
         )
-        self.scale = nn.Parameter(torch.ones(out_channels))
+        if log_scale == "tanh":
+            self.scale = nn.Parameter(torch.ones(out_channels))
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         """(1, 1, H, W): 1 on the kept pixels."""
@@ -223,6 +234,8 @@ class AffineCoupling(nn.Module):
 
     def _log_scale_and_shift(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw, shift = self.net(condition).chunk(2, 1)
+        if self.log_scale == "sigmoid":
+            return F.logsigmoid(raw + 2.0) - SIGMOID_SCALE_AT_ZERO, shift
         return self.scale.view(1, -1, 1, 1) * torch.tanh(raw), shift
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

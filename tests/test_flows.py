@@ -83,6 +83,8 @@ LAYERS = {
     "checkerboard coupling, parity 1": lambda: AffineCoupling(2, 4, checkerboard=True, parity=1),
     "channel coupling, parity 0": lambda: AffineCoupling(3, 4, checkerboard=False, parity=0),
     "channel coupling, parity 1": lambda: AffineCoupling(3, 4, checkerboard=False, parity=1),
+    "checkerboard coupling, sigmoid scale": lambda: AffineCoupling(2, 4, checkerboard=True, parity=0, log_scale="sigmoid"),
+    "channel coupling, sigmoid scale": lambda: AffineCoupling(3, 4, checkerboard=False, parity=1, log_scale="sigmoid"),
     "squeeze": Squeeze,
     "act-norm": lambda: ActNorm(3),
     "1x1 convolution (LU)": lambda: InvertibleConv1x1(3),
@@ -112,6 +114,20 @@ def test_layer_log_det_matches_brute_force_jacobian(layer_name):
         assert torch.allclose(layer.inverse(kept, eps), x, atol=1e-10)
     else:
         assert torch.allclose(layer.inverse(layer(x)[0]), x, atol=1e-10)
+
+
+def test_a_sigmoid_scaled_coupling_stretches_at_most_1_13x_a_tanh_scaled_one_without_bound():
+    x = 100 * torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(0))  # far from any training data
+    changed_dims = 2 * 4 * 4  # the half of the channels a channel coupling changes
+    bound = changed_dims * -math.log(1 / (1 + math.exp(-2.0)))  # log(1 / sigmoid(2)) per changed dimension
+    for log_scale in ("sigmoid", "tanh"):
+        coupling = perturb(AffineCoupling(4, 8, checkerboard=False, parity=0, log_scale=log_scale), scale=3.0)
+        if log_scale == "tanh":
+            coupling.scale.data.fill_(20.0)  # what a long run can learn
+        with torch.no_grad():
+            log_det = coupling(x)[1]
+        assert torch.isfinite(log_det).all()
+        assert bool((log_det <= bound).all()) == (log_scale == "sigmoid")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -215,6 +231,7 @@ def test_interpolation_ends_at_the_images(name):
 @pytest.mark.parametrize("config_class, field, value", [
     (RealNVPConfig, "resolution", 27), (RealNVPConfig, "num_couplings", 0), (RealNVPConfig, "logit_alpha", 0.5),
     (GlowConfig, "resolution", 30), (GlowConfig, "num_steps", 0), (GlowConfig, "num_channels", 2),
+    (GlowConfig, "coupling_log_scale", "exp"),
     (VAEConfig, "flow_type", "sylvester"),
 ])
 def test_bad_config_is_refused_with_the_field_name(config_class, field, value):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, ImageShape, check_ranges
-from ..flows import ActNorm, AffineCoupling, ImageFlow, InvertibleConv1x1, MultiScaleFlow, Split, Squeeze
+from ..flows import COUPLING_LOG_SCALES, ActNorm, AffineCoupling, ImageFlow, InvertibleConv1x1, MultiScaleFlow, Split, Squeeze
 
 
 @dataclass
@@ -34,10 +34,15 @@ class GlowConfig(ImageShape):
     num_levels: int = 2  # each level squeezes (halving the resolution); all but the last split off half
     num_steps: int = 8  # flow steps (act-norm, 1x1 convolution, coupling) per level
     hidden_channels: int = 64  # width of the coupling networks
+    # "sigmoid" bounds each coupling's scale (the official Glow code); "tanh" is RealNVP's scale * tanh, which
+    # let a 16-step Glow map a few test digits to |z| ~ 1e63 (benchmarks/gpu_runs.md)
+    coupling_log_scale: str = "sigmoid"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, ("num_levels", 1, 6), ("num_steps", 1, 64), ("hidden_channels", 1, 1024))
+        if self.coupling_log_scale not in COUPLING_LOG_SCALES:
+            raise ConfigError(f"coupling_log_scale must be one of {COUPLING_LOG_SCALES}, got {self.coupling_log_scale!r}")
         if self.resolution % 2**self.num_levels:
             raise ConfigError(f"resolution must be divisible by 2^num_levels = {2**self.num_levels}, got {self.resolution}")
 
@@ -57,7 +62,8 @@ class Glow(ImageFlow, family="flow", tags=["image-generation", "normalizing-flow
                 layers += [
                     ActNorm(channels),
                     InvertibleConv1x1(channels),
-                    AffineCoupling(channels, config.hidden_channels, checkerboard=False, parity=0),
+                    AffineCoupling(channels, config.hidden_channels, checkerboard=False, parity=0,
+                                   log_scale=config.coupling_log_scale),
                 ]
             scales.append(layers)
             if index < config.num_levels - 1:
