@@ -10,6 +10,8 @@
 # one H100, several side by side (2.5 to 7.3 minutes each). On a 2-core CPU the GPU-trained ones take hours.
 # glow-mnist and gan-mnist stopped at their --max_train_minutes (at steps 3,825 and 14,175 on the H100): on a
 # slower machine they stop earlier; replace that flag by nothing to run their full --max_train_steps.
+# glow-mnist's command adds --coupling_log_scale tanh, the only coupling the code had when it was trained
+# (today's default, sigmoid, is bounded: see benchmarks/gpu_runs.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVAL="--eval_data_dir ../shared/data/mnist --checkpointing_steps 1000 --checkpoints_total_limit 1"
@@ -18,7 +20,7 @@ declare -A COMMANDS=(
   [vae-mnist]="training/train_vae.py $EVAL --logging_steps 25 --hidden_channels 32 --latent_dim 32 --prior mixture --prior_components 100 --num_flows 4 --flow_type radial --max_train_steps 6000 --max_train_minutes 7.3 --learning_rate 2e-3 --use_ema --save_images_steps 2000 --output_dir runs/vae-mix32-radial"
   [gan-mnist]="training/train_gan.py --eval_data_dir ../shared/data/mnist --checkpointing_steps 2000 --checkpoints_total_limit 1 --logging_steps 25 --adversarial_loss hinge --spectral_norm --hidden_channels 64 --discriminator_channels 64 --max_train_steps 16000 --max_train_minutes 4.6 --save_images_steps 4000 --output_dir runs/gan-mnist"
   [realnvp-mnist]="training/train_realnvp.py $EVAL --logging_steps 25 --num_scales 3 --num_couplings 4 --hidden_channels 192 --max_train_steps 5000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/realnvp-mnist"
-  [glow-mnist]="training/train_glow.py $EVAL --logging_steps 25 --num_steps 16 --hidden_channels 192 --max_train_steps 4000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/glow-mnist"
+  [glow-mnist]="training/train_glow.py $EVAL --logging_steps 25 --num_steps 16 --hidden_channels 192 --coupling_log_scale tanh --max_train_steps 4000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/glow-mnist"
   [pixelcnn-mnist]="training/train_pixelcnn.py $EVAL --logging_steps 25 --hidden_channels 64 --num_layers 15 --kernel_size 5 --max_train_steps 3500 --max_train_minutes 6.6 --save_images_steps 1000 --output_dir runs/pixelcnn-mnist"
   [ddpm-mnist]="training/train_ddpm.py --output_dir runs/ddpm-mnist --max_train_steps 4500 --checkpointing_steps 500 --save_images_steps 500 --eval_data_dir ../shared/data/mnist"
   [gpt-shakespeare]="training/train_gpt.py --train_file ../shared/data/tinyshakespeare/input.txt --checkpointing_steps 1000 --checkpoints_total_limit 1 --logging_steps 50 --n_layer 4 --n_head 4 --n_embd 256 --block_size 256 --dropout 0.1 --mixed_precision bf16 --max_train_steps 5000 --learning_rate 1e-3 --lr_warmup_steps 100 --adam_beta2 0.99 --adam_weight_decay 0.1 --save_images_steps 1000 --output_dir runs/gpt-shakespeare"
