@@ -178,6 +178,9 @@ def test_space_folder_serves_the_same_app_over_http(tiny_vae, tmp_path):
         assert image.size == (2 + 2 * 86, 2 + 2 * 86)
         expected = VAE.from_pretrained(tiny_vae).sample(4, generator=torch.Generator().manual_seed(11))
         assert np.asarray(image.convert("L"))[2:86, 2:86].mean() == pytest.approx(expected[0].float().mean().item(), abs=1.0)
+        with pytest.raises(Exception, match="Number of samples: Value 500 is greater than maximum value 64"):
+            client.predict(500, 11, False, api_name="/sample_vae")  # past the slider: Gradio refuses it, naming the field
+        assert client.predict(4, 11, False, api_name="/sample_vae")[1].endswith("on CPU")  # and keeps serving
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -39,6 +39,17 @@ CANVAS_SIZE = 280  # pixels of a digit sketchpad, ten per pixel of a 28-pixel di
 LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as gm_hub.data converts RGB to grayscale
 
 
+class Slider(gr.Slider):
+    """A gr.Slider whose out-of-range message names its field: API calls skip the browser's clamping, and
+    Gradio's own message ("Value 500 is greater than maximum value 64.") does not say which input."""
+
+    def preprocess(self, payload: float) -> float:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise gr.Error(f"{self.label}: {err.message}") from None
+
+
 def on_click(button: gr.Button, handler, inputs: list, outputs: list, *, api_name: str, slow: bool) -> None:
     """Run `handler` when `button` is clicked, as endpoint `api_name`, in the slow or the fast concurrency group."""
     group = SLOW_EVENTS if slow else FAST_EVENTS
@@ -152,9 +163,9 @@ def interpolate_digits(family: Family, digit_a, digit_b, steps):
 def digit_interpolation(family: Family, label: str) -> None:
     """The interpolation row of a tab: two digit classes, steps, a button and the line, wired to `interpolate_digits`."""
     with gr.Row():
-        digit_a = gr.Slider(0, 9, value=1, step=1, label="From digit")
-        digit_b = gr.Slider(0, 9, value=7, step=1, label="To digit")
-        steps = gr.Slider(3, 12, value=8, step=1, label="Steps")
+        digit_a = Slider(0, 9, value=1, step=1, label="From digit")
+        digit_b = Slider(0, 9, value=7, step=1, label="To digit")
+        steps = Slider(3, 12, value=8, step=1, label="Steps")
     button = gr.Button("Interpolate")
     line = gr.Image(label=label, type="pil", format="png")
     took = gr.Markdown()
