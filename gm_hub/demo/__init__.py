@@ -39,15 +39,21 @@ CANVAS_SIZE = 280  # pixels of a digit sketchpad, ten per pixel of a 28-pixel di
 LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as gm_hub.data converts RGB to grayscale
 
 
-class Slider(gr.Slider):
+def slider(*args, **kwargs) -> gr.Slider:
     """A gr.Slider whose out-of-range message names its field: API calls skip the browser's clamping, and
-    Gradio's own message ("Value 500 is greater than maximum value 64.") does not say which input."""
+    Gradio's own message ("Value 500 is greater than maximum value 64.") does not say which input. (A wrapper,
+    not a subclass: Gradio writes a .pyi stub beside any module that subclasses a component.)"""
+    component = gr.Slider(*args, **kwargs)
+    preprocess = component.preprocess
 
-    def preprocess(self, payload: float) -> float:
+    def preprocess_naming_the_field(payload: float) -> float:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error as err:
-            raise gr.Error(f"{self.label}: {err.message}") from None
+            raise gr.Error(f"{component.label}: {err.message}") from None
+
+    component.preprocess = preprocess_naming_the_field
+    return component
 
 
 def on_click(button: gr.Button, handler, inputs: list, outputs: list, *, api_name: str, slow: bool) -> None:
@@ -163,9 +169,9 @@ def interpolate_digits(family: Family, digit_a, digit_b, steps):
 def digit_interpolation(family: Family, label: str) -> None:
     """The interpolation row of a tab: two digit classes, steps, a button and the line, wired to `interpolate_digits`."""
     with gr.Row():
-        digit_a = Slider(0, 9, value=1, step=1, label="From digit")
-        digit_b = Slider(0, 9, value=7, step=1, label="To digit")
-        steps = Slider(3, 12, value=8, step=1, label="Steps")
+        digit_a = slider(0, 9, value=1, step=1, label="From digit")
+        digit_b = slider(0, 9, value=7, step=1, label="To digit")
+        steps = slider(3, 12, value=8, step=1, label="Steps")
     button = gr.Button("Interpolate")
     line = gr.Image(label=label, type="pil", format="png")
     took = gr.Markdown()

@@ -8,7 +8,7 @@ import gradio as gr
 import torch
 
 from ..registry import Family
-from . import Slider, check_number, check_seed, gpu, load_error, model_on_device, model_source, on_click, timed_grid
+from . import check_number, check_seed, gpu, load_error, model_on_device, model_source, on_click, slider, timed_grid
 
 CARD_METRICS = ("classifier_fid", "confident_share", "bits_per_dim")
 MAX_COMPARE_IMAGES = 16  # per family: the autoregressive and diffusion families take seconds per batch
@@ -74,7 +74,7 @@ def build_tab(families: list[Family]) -> None:
     gr.Markdown("Every image family with the same seed and count: its samples, how long they took here, and the "
                 "metrics its model card reports (classifier FID: lower is better).")
     with gr.Row():
-        count = Slider(1, MAX_COMPARE_IMAGES, value=9, step=1, label="Number of samples per family")
+        count = slider(1, MAX_COMPARE_IMAGES, value=9, step=1, label="Number of samples per family")
         seed = gr.Number(value=0, precision=0, label="Seed")
     button = gr.Button("Sample every family", variant="primary")
     outputs = []

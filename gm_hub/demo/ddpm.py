@@ -13,7 +13,7 @@ import torch
 from ..errors import UserError
 from ..models.ddpm import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SCHEDULER, SCHEDULERS
 from ..registry import Family
-from . import Slider, check_number, check_seed, gpu, model_on_device, on_click, timed_grid
+from . import check_number, check_seed, gpu, model_on_device, on_click, slider, timed_grid
 
 MAX_SAMPLES = 16
 MAX_STEPS = 1_000
@@ -48,9 +48,9 @@ def build_tab(family: Family) -> None:
                 "DDPM's ancestral steps, DDIM (Song et al.), DPM-Solver++ (Lu et al.), ...")
     with gr.Row():
         scheduler = gr.Dropdown(list(SCHEDULERS), value=DEFAULT_SCHEDULER, label="Scheduler")
-        steps = Slider(1, MAX_STEPS, value=DEFAULT_NUM_INFERENCE_STEPS, step=1, label="Steps")
-        eta = Slider(0, 1, value=0, step=0.05, label="Eta (DDIM only: 0 deterministic, 1 like DDPM)")
-        count = Slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
+        steps = slider(1, MAX_STEPS, value=DEFAULT_NUM_INFERENCE_STEPS, step=1, label="Steps")
+        eta = slider(0, 1, value=0, step=0.05, label="Eta (DDIM only: 0 deterministic, 1 like DDPM)")
+        count = slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Denoising (x_t), then the samples", type="pil", format="png")

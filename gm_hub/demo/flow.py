@@ -6,7 +6,7 @@ from functools import partial
 import gradio as gr
 
 from ..registry import Family
-from . import Slider, check_number, digit_interpolation, on_click, sample_images
+from . import check_number, digit_interpolation, on_click, sample_images, slider
 
 DESCRIPTIONS = {
     "realnvp": "RealNVP (Dinh et al.): a normalizing flow of affine couplings over dequantized pixels, with act-norm "
@@ -25,9 +25,9 @@ def sample(family: Family, num_samples, seed, temperature):
 def build_tab(family: Family) -> None:
     gr.Markdown(DESCRIPTIONS.get(family.name, f"{family.title}: a normalizing flow with an exact log-likelihood."))
     with gr.Row():
-        count = Slider(1, 64, value=16, step=1, label="Number of samples")
+        count = slider(1, 64, value=16, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
-        temperature = Slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature")
+        temperature = slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature")
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()

@@ -7,7 +7,7 @@ import gradio as gr
 import torch
 
 from ..registry import Family
-from . import Slider, check_number, check_seed, gpu, model_on_device, on_click, sample_images, timed_grid
+from . import check_number, check_seed, gpu, model_on_device, on_click, sample_images, slider, timed_grid
 
 
 def sample(family: Family, num_samples, seed, truncation):
@@ -29,9 +29,9 @@ def interpolate(family: Family, seed_a, seed_b, steps, spherical):
 def build_tab(family: Family) -> None:
     gr.Markdown("A DCGAN-style generator (Goodfellow et al.; Radford et al.), trained against a discriminator.")
     with gr.Row():
-        count = Slider(1, 64, value=16, step=1, label="Number of samples")
+        count = slider(1, 64, value=16, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
-        truncation = Slider(0, 3, value=0, step=0.1, label="Truncation (0: none)")
+        truncation = slider(0, 3, value=0, step=0.1, label="Truncation (0: none)")
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()
@@ -39,7 +39,7 @@ def build_tab(family: Family) -> None:
     with gr.Row():
         seed_a = gr.Number(value=1, precision=0, label="From seed")
         seed_b = gr.Number(value=2, precision=0, label="To seed")
-        steps = Slider(3, 12, value=8, step=1, label="Steps")
+        steps = slider(3, 12, value=8, step=1, label="Steps")
         spherical = gr.Checkbox(value=True, label="Spherical")
     line_button = gr.Button("Interpolate")
     line = gr.Image(label="Latent interpolation", type="pil", format="png")

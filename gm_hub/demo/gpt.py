@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..errors import UserError
 from ..registry import Family
-from . import Slider, check_number, check_seed, gpu, model_on_device, on_click
+from . import check_number, check_seed, gpu, model_on_device, on_click, slider
 
 MAX_PROMPT_CHARACTERS = 2_000
 MAX_NEW_TOKENS = 1_024
@@ -49,11 +49,11 @@ def build_tab(family: Family) -> None:
     prompt = gr.Textbox(value="ROMEO:\n", lines=3, max_length=MAX_PROMPT_CHARACTERS,
                         label=f"Prompt (at most {MAX_PROMPT_CHARACTERS:,} characters)")
     with gr.Row():
-        tokens = Slider(16, MAX_NEW_TOKENS, value=200, step=16, label="New tokens")
-        temperature = Slider(0, 2, value=0.8, step=0.05, label="Temperature (0: greedy)")
-        top_k = Slider(0, 100, value=0, step=1, label="Top-k (0: off)")
-        top_p = Slider(0.05, 1, value=1, step=0.05, label="Top-p (1: off)")
-        penalty = Slider(1, 2, value=1, step=0.05, label="Repetition penalty")
+        tokens = slider(16, MAX_NEW_TOKENS, value=200, step=16, label="New tokens")
+        temperature = slider(0, 2, value=0.8, step=0.05, label="Temperature (0: greedy)")
+        top_k = slider(0, 100, value=0, step=1, label="Top-k (0: off)")
+        top_p = slider(0.05, 1, value=1, step=0.05, label="Top-p (1: off)")
+        penalty = slider(1, 2, value=1, step=0.05, label="Repetition penalty")
         seed = gr.Number(value=0, precision=0, label="Seed")
     button = gr.Button("Generate", variant="primary")
     text = gr.Textbox(lines=14, label="Continuation")

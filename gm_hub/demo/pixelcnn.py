@@ -12,8 +12,8 @@ import torch
 
 from ..data import to_uint8_images
 from ..registry import Family
-from . import (Slider, check_number, check_seed, digit_sketchpad, example_digits, gpu, model_on_device, on_click,
-               sample_images, sketch_to_digit, timed_grid)
+from . import (check_number, check_seed, digit_sketchpad, example_digits, gpu, model_on_device, on_click,
+               sample_images, sketch_to_digit, slider, timed_grid)
 
 MAX_SAMPLES = 16
 ANY_DIGIT = "any"
@@ -61,8 +61,8 @@ def build_tab(family: Family) -> None:
     digits = [ANY_DIGIT, *map(str, range(10))]
     with gr.Row():
         digit = gr.Dropdown(digits, value=ANY_DIGIT, label="Digit class")
-        temperature = Slider(0.1, 1.5, value=1.0, step=0.05, label="Temperature")
-        count = Slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
+        temperature = slider(0.1, 1.5, value=1.0, step=0.05, label="Temperature")
+        count = slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
@@ -71,9 +71,9 @@ def build_tab(family: Family) -> None:
              slow=True)
     with gr.Row():
         source = gr.Dropdown([*map(str, range(10)), DRAWN], value="7", label="Digit to complete")
-        rows = Slider(4, 24, value=14, step=1, label="Rows given")
+        rows = slider(4, 24, value=14, step=1, label="Rows given")
         completion_digit = gr.Dropdown(digits, value=ANY_DIGIT, label="Digit class")
-        completion_count = Slider(1, MAX_SAMPLES, value=4, step=1, label="Number of completions")
+        completion_count = slider(1, MAX_SAMPLES, value=4, step=1, label="Number of completions")
         completion_seed = gr.Number(value=0, precision=0, label="Seed")
     sketch = digit_sketchpad("Your digit (white on black; pick \"drawn below\" above)")
     complete_button = gr.Button("Complete")

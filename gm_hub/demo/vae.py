@@ -9,8 +9,8 @@ import torch
 
 from ..data import to_uint8_images
 from ..registry import Family
-from . import (Slider, digit_interpolation, digit_sketchpad, gpu, model_on_device, on_click, sample_images,
-               sketch_to_digit, timed_grid, upload_to_digit)
+from . import (digit_interpolation, digit_sketchpad, gpu, model_on_device, on_click, sample_images,
+               sketch_to_digit, slider, timed_grid, upload_to_digit)
 
 DRAWING = "drawing"
 UPLOAD = "upload"
@@ -41,7 +41,7 @@ def build_tab(family: Family) -> None:
     gr.Markdown("A convolutional VAE (Kingma & Welling) with a flow posterior (Rezende & Mohamed) and a discretized "
                 "logistic decoder.")
     with gr.Row():
-        count = Slider(1, 64, value=16, step=1, label="Number of samples")
+        count = slider(1, 64, value=16, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
         mode = gr.Checkbox(value=True, label="Most likely pixels (untick for true samples with pixel noise)")
     button = gr.Button("Sample", variant="primary")
