@@ -44,30 +44,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def resident_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS) or its peak so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
-def start_app(port: int) -> subprocess.Popen:
+def start_app(port: int, models: dict[str, str] | None = None) -> subprocess.Popen:
+    """app.py on 127.0.0.1:port; `models` maps family names to folders (GM_HUB_<NAME>_MODEL)."""
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "false", "HF_HUB_OFFLINE": "1"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "false", "HF_HUB_OFFLINE": "1",
+           **{f"GM_HUB_{name.upper()}_MODEL": folder for name, folder in (models or {}).items()}}
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
-def connect(port: int, server: subprocess.Popen, timeout: float = 120.0):
-    import httpx
+def client(url: str):
     from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
+def connect(port: int, server: subprocess.Popen, timeout: float = 120.0):
+    """A Client of the app once it answers; SystemExit if it exits or takes longer than `timeout` seconds."""
+    import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.poll() is not None:
-            raise SystemExit("the app exited while starting")
+            raise SystemExit(f"the app exited while starting (code {server.returncode})")
         try:
-            return Client(f"http://127.0.0.1:{port}/", verbose=False)
+            return client(f"http://127.0.0.1:{port}/")
         except (httpx.HTTPError, OSError, ValueError):  # not listening yet
             time.sleep(0.5)
     raise SystemExit(f"the app did not start within {timeout:.0f} s")
@@ -89,7 +98,7 @@ def main() -> None:
     try:
         client = connect(port, server)
         normal_request(client)  # warm: models loaded
-        memory_before = resident_mb(server.pid)
+        memory_before = memory_mb(server.pid)
         rows = []
         for label, endpoint, arguments in BATTERY:
             sent = refused = failures = 0
@@ -109,7 +118,7 @@ def main() -> None:
                 except (AppError, AssertionError, OSError):
                     failures += 1
             rows.append((label, sent, refused, failures, slowest))
-        memory_after = resident_mb(server.pid)
+        memory_after = memory_mb(server.pid)
         alive = server.poll() is None
     finally:
         server.terminate()

@@ -7,7 +7,6 @@ model). Writes benchmarks/family_timing.md, included in BENCHMARKS.md.
 
 import argparse
 import time
-from pathlib import Path
 
 from run import BENCHMARKS_DIR, _fmt_memory, _fmt_spread, machine, run_phase, shipped_folder
 

@@ -16,14 +16,12 @@ import os
 import random
 import shlex
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bad_requests import free_port
+from bad_requests import client, connect, free_port, memory_mb, start_app
 from gm_hub.models.ddpm import DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_SCHEDULER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,44 +58,6 @@ class Result:
     endpoint: str
     seconds: float
     error: str | None
-
-
-def memory_mb(pid: int, field: str = "VmRSS") -> float:
-    """A process's resident memory (VmRSS) or its peak so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for process {pid}")
-
-
-def start_app(port: int, models: dict[str, str] | None = None) -> subprocess.Popen:
-    """app.py on 127.0.0.1:port; `models` maps family names to folders (GM_HUB_<NAME>_MODEL)."""
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SSR_MODE": "false", "HF_HUB_OFFLINE": "1",
-           **{f"GM_HUB_{name.upper()}_MODEL": folder for name, folder in (models or {}).items()}}
-    return subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def client(url: str):
-    from gradio_client import Client
-
-    return Client(url, verbose=False, analytics_enabled=False)
-
-
-def connect(port: int, server: subprocess.Popen, timeout: float = 120.0):
-    """A Client of the app once it answers; SystemExit if it exits or takes longer than `timeout` seconds."""
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the app exited while starting (code {server.returncode})")
-        try:
-            return client(f"http://127.0.0.1:{port}/")
-        except (httpx.HTTPError, OSError, ValueError):  # not listening yet
-            time.sleep(0.5)
-    raise SystemExit(f"the app did not start within {timeout:.0f} s")
 
 
 def check(result, expected) -> str | None:
