@@ -55,13 +55,7 @@ class EvaluationConfig:
     sample_kwargs: str | None = None  # JSON keyword arguments of the model's sample(), e.g. '{"temperature": 0.7}'
 
     def __post_init__(self) -> None:
-        if self.sample_kwargs is not None:
-            try:
-                kwargs = json.loads(self.sample_kwargs)
-            except json.JSONDecodeError as err:
-                raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}': {err}") from None
-            if not isinstance(kwargs, dict):
-                raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}', got {self.sample_kwargs}")
+        self.sampling_keywords()  # refuses anything but a JSON object now, before any evaluation work
         if self.num_importance_samples < 1:
             raise UserError(f"--num_importance_samples must be at least 1, got {self.num_importance_samples}")
         if self.max_eval_items is not None and self.max_eval_items < 1:
@@ -72,6 +66,18 @@ class EvaluationConfig:
             raise UserError(f"--sample_batch_size must be positive, got {self.sample_batch_size}")
         if not 0.0 < self.confidence_threshold <= 1.0:
             raise UserError(f"--confidence_threshold must be in (0, 1], got {self.confidence_threshold}")
+
+    def sampling_keywords(self) -> dict:
+        """--sample_kwargs as the keyword arguments of the model's sample() ({} when not given)."""
+        if self.sample_kwargs is None:
+            return {}
+        try:
+            keywords = json.loads(self.sample_kwargs)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}': {err}") from None
+        if not isinstance(keywords, dict):
+            raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}', got {self.sample_kwargs}")
+        return keywords
 
 
 # --- likelihoods -----------------------------------------------------------------------------------------
@@ -351,9 +357,9 @@ def evaluate_model(model, accelerator, dataset: Dataset, evaluation: EvaluationC
         metrics["accuracy"] = classifier_accuracy(model, dataset, evaluation.max_eval_items)
     num_samples = min(evaluation.num_eval_samples, evaluation.max_eval_items or evaluation.num_eval_samples)
     if family.produces == "images" and num_samples >= 2:
-        sample_kwargs = json.loads(evaluation.sample_kwargs or "{}")
         try:
-            samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed, **sample_kwargs)
+            samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed,
+                                   **evaluation.sampling_keywords())
         except TypeError as err:  # a keyword this model's sample() does not take
             raise UserError(f"--sample_kwargs {evaluation.sample_kwargs}: {err}") from None
         if samples is None or samples.dtype != torch.uint8 or tuple(samples.shape[1:]) != CLASSIFIER_IMAGE_SHAPE:

@@ -69,8 +69,8 @@ class TrainingConfig:
 
     output_dir: str = "output"  # final model, checkpoints, sample grids, logs
     max_train_steps: int | None = None  # overrides num_epochs when given
-    max_train_minutes: float | None = None  # stop early (and publish) once training has run this long; the
-    # learning-rate schedule still spans max_train_steps
+    max_train_minutes: float | None = None  # stop early (and publish) at the first logging step after training
+    # has run this long; the learning-rate schedule still spans max_train_steps
     num_epochs: int = 10
     train_batch_size: int = 64  # per process
     eval_batch_size: int = 256

@@ -71,7 +71,7 @@ UNSUPPORTED_PREDICTION_TYPES = {
     "sample": ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "PNDMScheduler"),
 }
 # DDPM's ancestral sampler in 50 of its 1000 steps: on the shipped model the most digit-like samples (confident
-# share 0.867 over 5,000) for 16 images in about 2 s on 2 CPU cores; see benchmarks/ddpm_schedulers.md.
+# share 0.867 over 5,000) for 16 images in about 2 s on 2 CPU cores; see benchmarks/ddpm_default.md.
 DEFAULT_SCHEDULER = "DDPMScheduler"
 DEFAULT_NUM_INFERENCE_STEPS = 50  # for every scheduler (at most num_train_timesteps)
 PIPELINE_FILE = "model_index.json"

@@ -39,7 +39,6 @@ from ..config import ConfigError, ImageShape, check_ranges
 from ..hub import HubModel
 
 ADVERSARIAL_LOSSES = ("non_saturating", "hinge")
-AUGMENTATIONS = ("translation", "cutout")  # [7]'s colour transforms are left out: MNIST is grayscale
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"  # the players' names in the training loop
 
 def _check_stages(config: ImageShape) -> None:
@@ -81,7 +80,8 @@ class AdversarialConfig:
         check_ranges(self, ("discriminator_steps", 1, 100))
         unknown = [name for name in augmentation_names(self.diff_augment) if name not in AUGMENTATIONS]
         if unknown:
-            raise ConfigError(f"diff_augment must be comma-separated names from {AUGMENTATIONS}, got {self.diff_augment!r}")
+            raise ConfigError(f"diff_augment must be comma-separated names from {tuple(AUGMENTATIONS)}, "
+                              f"got {self.diff_augment!r}")
 
 
 def augmentation_names(policy: str) -> list[str]:
@@ -119,14 +119,14 @@ def random_cutout(images: torch.Tensor, ratio: float = 1 / 2) -> torch.Tensor:
     return images * (~inside).to(images.dtype)[:, None]
 
 
+AUGMENTATIONS = {"translation": random_translation, "cutout": random_cutout}  # [7]'s colour ones: MNIST is gray
+
+
 def diff_augment(images: torch.Tensor, policy: str) -> torch.Tensor:
     """Apply the augmentations named in `policy` ("translation,cutout"; "" for none) in order, each with fresh
     random parameters per image from the global RNG [7]: (B, C, H, W) -> (B, C, H, W)."""
     for name in augmentation_names(policy):
-        if name == "translation":
-            images = random_translation(images)
-        elif name == "cutout":
-            images = random_cutout(images)
+        images = AUGMENTATIONS[name](images)
     return images
 
 
