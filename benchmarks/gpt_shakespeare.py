@@ -1,34 +1,30 @@
-"""Tiny Shakespeare, character level: gm-hub against nanoGPT's CPU recipe, both trained here, in one run.
+"""Tiny Shakespeare, character level: gm-hub's fast recipe against nanoGPT's CPU recipe, whole processes, one run.
 
-    python benchmarks/gpt_shakespeare.py                   # writes benchmarks/gpt_results_table.md
-    python benchmarks/gpt_shakespeare.py --max_train_steps 20   # a smoke run of both configurations
+    python benchmarks/gpt_shakespeare.py --nanogpt_dir ~/nanoGPT        # writes benchmarks/gpt_results_table.md
+    python benchmarks/gpt_shakespeare.py --nanogpt_dir ~/nanoGPT --max_train_steps 20   # a smoke run
 
-nanoGPT documents a CPU recipe for tiny Shakespeare (character-level; 4 layers, 4 heads, 128-dim embeddings,
-context 64, batch 12, 2,000 iterations, dropout 0, learning rate 1e-3 warmed up over 100 iterations and decayed
-to 1e-4, AdamW beta2 0.99) that reaches a validation loss of about 1.88 nats per character. This script trains
+A user times the command, not the loop: each side is timed as the process a user starts, imports, data
+loading, periodic and final evaluation, checkpoints and saving included.
 
-1. the baseline: gm-hub with the recipe's settings, through `gm_hub.training.train` (it should land near
-   1.88 in about the recipe's time: the loop adds no hidden overhead);
-2. the fast configuration: the quickest settings found to reach 1.88 or lower, through the same loop;
+- nanoGPT (a checkout of github.com/karpathy/nanoGPT, not part of gm-hub): the CPU recipe of its README,
+  `python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
+  --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
+  --lr_decay_iters=2000 --dropout=0.0`, after its one-time `data/shakespeare_char/prepare.py` (not timed;
+  run on a copy of the checkout, so the user's checkout is left as it was).
+- gm-hub: `python training/train_gpt.py` with FAST_RECIPE, the recipe the README documents.
 
-on ../shared/data/tinyshakespeare/input.txt, first 90% for training, last 10% for validation. The validation
-loss is measured on every non-overlapping 65-character window of the validation text (1,742 windows, each
-predicting 64 characters from their prefix: nanoGPT's estimate over all windows instead of its 20 random
-batches of 12), in float32. Wall time is the training loop's own clock (`training_seconds` in logs/run.json: the steps, no
-start-up, final checkpoint or evaluation), the end-to-end `train()` call shown beside it. Then generation speed
-of the fast model: tokens per second for one text of 512 new tokens, with and without the KV cache.
-
-Differences from nanoGPT's recipe that the loop imposes: weight decay 0.1 applies to every parameter (nanoGPT
-exempts biases and norms), and the cosine schedule decays to 0 (nanoGPT stops at 1e-4).
+The rounds alternate (nanoGPT, gm-hub, nanoGPT, gm-hub, ...) so that a drift in the machine's speed hits
+both sides. Then both final models are scored on one measure: float32 loss in nats per character over every
+non-overlapping 65-character window of the last 10% of the text (1,742 windows, each predicting 64 characters
+from their prefix), nanoGPT's checkpoint through its own model.py. Both use every core (torch's default
+threads); run nothing else meanwhile.
 """
 
 import argparse
-import dataclasses
-import json
-import logging
-import multiprocessing
+import importlib.util
 import os
-import platform
+import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,138 +34,150 @@ from pathlib import Path
 
 import torch
 
-from gm_hub.data import load_text, split_text
-from gm_hub.data import TokenBlockDataset
-from gm_hub.models.gpt import GPT, GPTConfig, train_tokenizer
-from gm_hub.training import TrainingConfig, train
-
-logger = logging.getLogger(__name__)
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_FILE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 RESULTS_FILE = Path(__file__).resolve().parent / "gpt_results_table.md"
-TARGET_LOSS = 1.88
+TARGET_LOSS = 1.88  # nanoGPT's README: "a validation loss of about 1.88" for its CPU recipe
+TARGET_RATIO = 0.5
 
-# nanoGPT's CPU recipe in gm-hub's terms.
-BASELINE = (
-    TrainingConfig(max_train_steps=2000, train_batch_size=12, learning_rate=1e-3, lr_scheduler="cosine",
-                   lr_warmup_steps=100, adam_beta2=0.99, adam_weight_decay=0.1, max_grad_norm=1.0,
-                   mixed_precision="no", seed=1337),
-    GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
-)
-# The fastest configuration found to reach TARGET_LOSS (the search: benchmarks/gpt_results.md). On this CPU
-# the step time follows the FLOPs, and a shallower, wider model learns more per sample: 2 layers of 256 dims
-# see 12,800 windows where the recipe needs 24,000, and bf16 autocast halves the cost of the wider matmuls.
-FAST = (
-    TrainingConfig(max_train_steps=800, train_batch_size=16, learning_rate=2e-3, lr_scheduler="cosine",
-                   lr_warmup_steps=50, adam_beta2=0.99, adam_weight_decay=0.1, max_grad_norm=1.0,
-                   mixed_precision="bf16", seed=1337),
-    GPTConfig(n_layer=2, n_head=4, n_embd=256, block_size=64, dropout=0.0),
-)
+NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+                  "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+                  "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+# gm-hub's fast recipe (the search behind it: gpt_results.md). No mid-run checkpoint or sample file: the run
+# is shorter than a checkpoint would be worth; the final checkpoint, evaluation, samples and card remain.
+FAST_RECIPE = ["--n_layer", "2", "--n_head", "4", "--n_embd", "256", "--block_size", "64", "--dropout", "0",
+               "--train_batch_size", "16", "--max_train_steps", "800", "--learning_rate", "2e-3",
+               "--lr_warmup_steps", "50", "--adam_beta2", "0.99", "--adam_weight_decay", "0.1",
+               "--mixed_precision", "bf16", "--checkpointing_steps", "100000", "--save_images_steps", "0"]
 
 
 @dataclass
-class Result:
+class Run:
     name: str
-    training: TrainingConfig
-    model_config: GPTConfig
-    validation_loss: float  # nats per character
-    training_seconds: float  # the loop's steps only
-    train_call_seconds: float  # the whole train() call: set-up, steps, final checkpoint, save
+    round: int
+    seconds: float  # the whole process, wall clock
+    output_dir: Path
 
 
-def run(name: str, training: TrainingConfig, model_config: GPTConfig, output_dir: Path, num_threads: int) -> Result:
-    """Train one configuration through the shared loop (in a fresh process: accelerate's state is one per
-    process) and measure its validation loss; the model is saved in output_dir / name."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(num_threads)
-    train_text, validation_text = split_text(load_text(str(DATA_FILE)))
-    training = dataclasses.replace(training, output_dir=str(output_dir / name), checkpointing_steps=10**9,
-                                   checkpoints_total_limit=1, save_images_steps=0, logging_steps=100)
-    tokenizer = train_tokenizer(model_config, train_text, validation_text)
-    torch.manual_seed(training.seed)  # the initial weights
-    model = GPT(model_config, tokenizer)
-    train_set = TokenBlockDataset(model.encode(train_text), model_config.block_size)
+def timed(command: list[str], cwd: Path, log_file: Path) -> float:
+    """Run `command` to completion; -> its wall-clock seconds. Exits with the log's tail if it fails."""
     start = time.perf_counter()
-    model = train(model, train_set, training)
-    train_call_seconds = time.perf_counter() - start
-    run_info = json.loads((output_dir / name / "logs" / "run.json").read_text())
-    validation_loss = model.nats_per_character(validation_text)
-    logger.info("%s: validation loss %.4f nats/char, %.1f s", name, validation_loss, run_info["training_seconds"])
-    return Result(name, training, model_config, validation_loss, run_info["training_seconds"], train_call_seconds)
+    with open(log_file, "w") as log:
+        completed = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if completed.returncode != 0:
+        sys.exit(f"{' '.join(command[:3])} ... failed (exit {completed.returncode}):\n{log_file.read_text()[-3000:]}")
+    return seconds
 
 
-def generation_speed(model: GPT, use_cache: bool, num_tokens: int = 512) -> float:
-    """Tokens per second for one text of `num_tokens` new tokens from a newline (best of 3)."""
-    model.generate("\n", max_new_tokens=8, use_cache=use_cache)  # warm-up
-    best = float("inf")
-    for seed in range(3):
-        start = time.perf_counter()
-        model.generate("\n", max_new_tokens=num_tokens, seed=seed, use_cache=use_cache)
-        best = min(best, time.perf_counter() - start)
-    return num_tokens / best
+def validation_windows(stoi: dict[str, int], block_size: int = 64) -> torch.Tensor:
+    """The last 10% of the text as (W, block_size + 1) token ids, stride block_size: the race's one measure."""
+    text = DATA_FILE.read_text()
+    validation_text = text[int(len(text) * 0.9):]
+    ids = torch.tensor([stoi[c] for c in validation_text])
+    return ids.unfold(0, block_size + 1, block_size)
 
 
-def describe(training: TrainingConfig, model_config: GPTConfig) -> str:
-    return (f"{model_config.n_layer}L/{model_config.n_head}H/{model_config.n_embd}d, ctx {model_config.block_size}, "
-            f"batch {training.train_batch_size}, {training.max_train_steps} steps, lr {training.learning_rate:g} "
-            f"({training.lr_scheduler}, warmup {training.lr_warmup_steps}), {training.mixed_precision}")
+@torch.no_grad()
+def nanogpt_loss(nanogpt_copy: Path, out_dir: Path) -> float:
+    """nanoGPT's saved checkpoint (its best evaluation), loaded with its own model.py, on the race's measure."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt_copy / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkpoint = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=False)
+    model = module.GPT(module.GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    stoi = pickle.loads((nanogpt_copy / "data" / "shakespeare_char" / "meta.pkl").read_bytes())["stoi"]
+    windows = validation_windows(stoi)
+    total = 0.0
+    for batch in windows.split(256):
+        logits, _ = model(batch[:, :-1], batch[:, :-1])  # with targets, nanoGPT returns logits at every position
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item() * len(batch)
+    return total / len(windows)
+
+
+def gm_hub_loss(output_dir: Path) -> float:
+    from gm_hub.data import load_text, split_text
+    from gm_hub.models.gpt import GPT
+
+    _, validation_text = split_text(load_text(str(DATA_FILE)))
+    return GPT.from_pretrained(output_dir).nats_per_character(validation_text)
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                if line.startswith("Model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "CPU")
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def table(results: list[Result], num_windows: int, tokens_per_second: dict[str, float], load_before: tuple,
-          load_after: tuple) -> str:
-    baseline = results[0]
-    rows = "\n".join(
-        f"| {r.name} | {describe(r.training, r.model_config)} | {r.validation_loss:.4f} | {r.training_seconds:.1f} "
-        f"| {r.train_call_seconds:.1f} | {baseline.training_seconds / r.training_seconds:.2f}x |"
-        for r in results
-    )
-    return f"""Command: `python {' '.join(sys.argv)}`. Machine: {machine()}. Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; after: {', '.join(f'{x:.2f}' for x in load_after)}.
+def report(runs: list[Run], losses: dict[str, float], command: str, load_before: tuple, load_after: tuple) -> str:
+    by_round = {}
+    for run in runs:
+        by_round.setdefault(run.round, {})[run.name] = run.seconds
+    rows = "\n".join(f"| {r} | {s['nanoGPT']:.1f} | {s['gm-hub']:.1f} | {s['gm-hub'] / s['nanoGPT']:.2f}x |"
+                     for r, s in sorted(by_round.items()))
+    ratios = sorted(s["gm-hub"] / s["nanoGPT"] for s in by_round.values())
+    loads = lambda values: ", ".join(f"{x:.2f}" for x in values)
+    fast = " ".join(FAST_RECIPE)
+    return f"""Command: `{command}`. Machine: {machine()}. Load average (1, 5, 15 min) before: {loads(load_before)}; after: {loads(load_after)}.
 
-| run | configuration | val loss (nats/char) | training loop (s) | train() call (s) | speedup |
-|---|---|---|---|---|---|
+Whole processes, wall clock (s):
+
+| round | nanoGPT | gm-hub | gm-hub / nanoGPT |
+|---|---|---|---|
 {rows}
 
-Validation loss: float32, every non-overlapping 65-character window of the last 10% ({num_windows:,} windows).
-Target: {TARGET_LOSS} or lower.
+Worst ratio {ratios[-1]:.2f}x (target <= {TARGET_RATIO}x).
 
-Generation (fast model, 1 text of 512 new tokens, context windows of {results[-1].model_config.block_size}):
-{tokens_per_second['cache']:.0f} tokens/s with the KV cache, {tokens_per_second['no_cache']:.0f} tokens/s without.
+Validation loss, float32, nats per character, every non-overlapping 65-character window of the last 10%
+(each side's model from the last round): nanoGPT **{losses['nanoGPT']:.4f}**, gm-hub **{losses['gm-hub']:.4f}** (target <= {TARGET_LOSS}).
+
+- nanoGPT: `python train.py {' '.join(NANOGPT_RECIPE)}`
+- gm-hub: `python training/train_gpt.py --train_file ../shared/data/tinyshakespeare/input.txt {fast}`
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max_train_steps", type=int, default=None, help="override both runs' steps (smoke runs)")
+    parser.add_argument("--nanogpt_dir", type=Path, required=True, help="a checkout of github.com/karpathy/nanoGPT")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating pairs of runs")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="shorten both runs (a smoke run)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE)
-    parser.add_argument("--num_threads", type=int, default=os.cpu_count(),
-                        help="torch threads of both runs; 1 when other jobs share the cores (2 threads on 2 busy cores stall)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.num_threads)
-    load_before = os.getloadavg()
-    results = []
-    with tempfile.TemporaryDirectory() as output_dir:
-        for name, (training, model_config) in (("baseline (nanoGPT recipe)", BASELINE), ("fast", FAST)):
-            if args.max_train_steps:
-                training = dataclasses.replace(training, max_train_steps=args.max_train_steps)
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                result = pool.apply(run, (name.split()[0], training, model_config, Path(output_dir), args.num_threads))
-            results.append(dataclasses.replace(result, name=name))
-        model = GPT.from_pretrained(Path(output_dir) / "fast")
-        tokens_per_second = {"cache": generation_speed(model, True), "no_cache": generation_speed(model, False)}
-    _, validation_text = split_text(load_text(str(DATA_FILE)))
-    block_size = BASELINE[1].block_size
-    num_windows = (len(validation_text) - block_size - 1) // block_size + 1  # one token per character
-    report = table(results, num_windows, tokens_per_second, load_before, os.getloadavg())
-    args.output.write_text(report)
-    logger.info("%s\nwritten to %s", report, args.output)
+    if not DATA_FILE.is_file():
+        sys.exit(f"{DATA_FILE} not found: put tiny Shakespeare's input.txt there")
+    if not (args.nanogpt_dir / "train.py").is_file():
+        sys.exit(f"{args.nanogpt_dir} is not a nanoGPT checkout (no train.py): git clone https://github.com/karpathy/nanoGPT")
+    nanogpt_recipe, fast_recipe = list(NANOGPT_RECIPE), list(FAST_RECIPE)
+    if args.max_train_steps:
+        nanogpt_recipe += [f"--max_iters={args.max_train_steps}", f"--lr_decay_iters={args.max_train_steps}",
+                           f"--eval_interval={args.max_train_steps}"]
+        fast_recipe += ["--max_train_steps", str(args.max_train_steps), "--lr_warmup_steps", "5"]
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        nanogpt_copy = scratch / "nanoGPT"
+        shutil.copytree(args.nanogpt_dir, nanogpt_copy, ignore=shutil.ignore_patterns(".git", "out*"))
+        shutil.copy(DATA_FILE, nanogpt_copy / "data" / "shakespeare_char" / "input.txt")
+        timed([sys.executable, "data/shakespeare_char/prepare.py"], nanogpt_copy, scratch / "prepare.log")
+        load_before = os.getloadavg()
+        runs = []
+        for round_ in range(1, args.rounds + 1):
+            out_dir = scratch / f"nanogpt-{round_}"
+            seconds = timed([sys.executable, "train.py", *nanogpt_recipe, f"--out_dir={out_dir}"], nanogpt_copy,
+                            scratch / f"nanogpt-{round_}.log")
+            runs.append(Run("nanoGPT", round_, seconds, out_dir))
+            print(f"round {round_}: nanoGPT {seconds:.1f} s", flush=True)
+            out_dir = scratch / f"gm-hub-{round_}"
+            seconds = timed([sys.executable, "training/train_gpt.py", "--train_file", str(DATA_FILE), *fast_recipe,
+                             "--output_dir", str(out_dir)], REPO_ROOT, scratch / f"gm-hub-{round_}.log")
+            runs.append(Run("gm-hub", round_, seconds, out_dir))
+            print(f"round {round_}: gm-hub {seconds:.1f} s", flush=True)
+        load_after = os.getloadavg()
+        losses = {"nanoGPT": nanogpt_loss(nanogpt_copy, runs[-2].output_dir), "gm-hub": gm_hub_loss(runs[-1].output_dir)}
+    text = report(runs, losses, "python " + " ".join(sys.argv), load_before, load_after)
+    args.output.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

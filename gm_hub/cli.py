@@ -2,6 +2,7 @@
 
     gm-hub train vae --max_train_steps 2000          # the same as: accelerate launch training/train_vae.py ...
     gm-hub sample ./vae-mnist --num_samples 64 --seed 0 --output grid.png
+    gm-hub sample ./glow-mnist --sample_kwargs '{"temperature": 0.7}'   # any keywords of the model's sample()
     gm-hub evaluate ./vae-mnist --eval_data_dir ../shared/data/mnist
 """
 
@@ -49,13 +50,15 @@ def _check_writable(output: str) -> Path:
     return path
 
 
-def sample(model_name: str, num_samples: int, seed: int, output: str, device: str) -> None:
-    """Samples of any saved model: images as a .png grid or an .npy array, text as a .txt file."""
+def sample(model_name: str, num_samples: int, seed: int, output: str, device: str, sample_kwargs: str | None = None) -> None:
+    """Samples of any saved model: images as a .png grid or an .npy array, text as a .txt file; `sample_kwargs`
+    (JSON) are keyword arguments of the model's sample()."""
     import numpy as np
     import torch
 
     from .data import save_image_grid
     from .hub import load_model
+    from .metrics import parse_sample_kwargs, sample_batches
 
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise UserError(f"--num_samples must be in [1, {MAX_NUM_SAMPLES:,}], got {num_samples}")
@@ -64,12 +67,11 @@ def sample(model_name: str, num_samples: int, seed: int, output: str, device: st
     if not output.endswith((".png", ".npy", ".txt")):
         raise UserError(f"--output must end in .png (a grid), .npy (an N x C x H x W uint8 array) or .txt (texts), got {output!r}")
     path = _check_writable(output)
+    keywords = parse_sample_kwargs(sample_kwargs)
     if output.endswith(".png") and num_samples > 1024:
         raise UserError(f"a .png grid holds at most 1,024 samples, got --num_samples {num_samples}; write .npy for more")
     model = load_model(model_name, map_location=device)
-    generator = torch.Generator().manual_seed(seed)
-    batches = (model.sample(min(SAMPLE_BATCH_SIZE, num_samples - start), generator=generator)
-               for start in range(0, num_samples, SAMPLE_BATCH_SIZE))
+    batches = sample_batches(model, num_samples, SAMPLE_BATCH_SIZE, torch.Generator().manual_seed(seed), **keywords)
     first = next(batches)
     if isinstance(first, list):  # texts
         if not output.endswith(".txt"):
@@ -130,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.add_argument("--output", default="samples.png", help=".png for a grid, .npy for a uint8 N x C x H x W array, .txt for texts")
     sample_parser.add_argument("--device", default="cpu")
+    sample_parser.add_argument("--sample_kwargs", default=None,
+                               help='JSON keyword arguments of the model\'s sample(), e.g. \'{"temperature": 0.7}\'')
     evaluate_parser = commands.add_parser("evaluate", help="metrics of a saved model as JSON (flags: --eval_data_dir, --write_card, ...)",
                                           add_help=False)
     evaluate_parser.add_argument("model")
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "sample":
             if rest:
                 raise UserError(f"unrecognized arguments: {' '.join(rest)}")
-            sample(args.model, args.num_samples, args.seed, args.output, args.device)
+            sample(args.model, args.num_samples, args.seed, args.output, args.device, args.sample_kwargs)
         else:
             evaluate(args.model, [flag for flag in rest if flag != "--write_card"], "--write_card" in rest)
     except UserError as err:

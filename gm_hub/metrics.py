@@ -23,9 +23,11 @@ standard FID [1], which can't be downloaded here and does not know digits:
 
 import functools
 import importlib.resources
+import inspect
 import json
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +57,7 @@ class EvaluationConfig:
     sample_kwargs: str | None = None  # JSON keyword arguments of the model's sample(), e.g. '{"temperature": 0.7}'
 
     def __post_init__(self) -> None:
-        self.sampling_keywords()  # refuses anything but a JSON object now, before any evaluation work
+        parse_sample_kwargs(self.sample_kwargs)  # refuses anything but a JSON object now, before any evaluation work
         if self.num_importance_samples < 1:
             raise UserError(f"--num_importance_samples must be at least 1, got {self.num_importance_samples}")
         if self.max_eval_items is not None and self.max_eval_items < 1:
@@ -67,17 +69,33 @@ class EvaluationConfig:
         if not 0.0 < self.confidence_threshold <= 1.0:
             raise UserError(f"--confidence_threshold must be in (0, 1], got {self.confidence_threshold}")
 
-    def sampling_keywords(self) -> dict:
-        """--sample_kwargs as the keyword arguments of the model's sample() ({} when not given)."""
-        if self.sample_kwargs is None:
-            return {}
-        try:
-            keywords = json.loads(self.sample_kwargs)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}': {err}") from None
-        if not isinstance(keywords, dict):
-            raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}', got {self.sample_kwargs}")
-        return keywords
+
+def parse_sample_kwargs(sample_kwargs: str | None) -> dict:
+    """--sample_kwargs (JSON) as keyword arguments of a model's sample() ({} when not given)."""
+    if sample_kwargs is None:
+        return {}
+    try:
+        keywords = json.loads(sample_kwargs)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}': {err}") from None
+    if not isinstance(keywords, dict):
+        raise UserError(f"--sample_kwargs must be a JSON object, e.g. '{{\"temperature\": 0.7}}', got {sample_kwargs}")
+    return keywords
+
+
+def sample_batches(model, num_samples: int, batch_size: int, generator: torch.Generator,
+                   **sample_kwargs) -> Iterator[torch.Tensor | list[str]]:
+    """`model.sample(..., generator=generator, **sample_kwargs)` in batches of at most `batch_size`, which add
+    up to `num_samples`. A keyword that sample() does not take is refused first, naming those it does."""
+    accepted = inspect.signature(model.sample).parameters
+    unknown = sorted(set(sample_kwargs) - set(accepted))
+    if unknown:
+        options = ", ".join(name for name in accepted if name not in ("num_samples", "generator"))
+        raise UserError(f"--sample_kwargs: {type(model).__name__}.sample() takes no {', '.join(unknown)}; "
+                        f"it takes {options or 'no keywords'}")
+    for start in range(0, num_samples, batch_size):
+        with torch.no_grad():
+            yield model.sample(min(batch_size, num_samples - start), generator=generator, **sample_kwargs)
 
 
 # --- likelihoods -----------------------------------------------------------------------------------------
@@ -295,11 +313,8 @@ def sample_metrics(images: torch.Tensor, reference_images: torch.Tensor, train_i
 def draw_samples(model, num_samples: int, batch_size: int = 500, seed: int = 0, **sample_kwargs) -> torch.Tensor | None:
     """`num_samples` samples of `model.sample(..., **sample_kwargs)` in batches, from one seeded generator, on
     the CPU; None when the model does not produce images (a text model)."""
-    generator = torch.Generator().manual_seed(seed)
     batches = []
-    for start in range(0, num_samples, batch_size):
-        with torch.no_grad():
-            batch = model.sample(min(batch_size, num_samples - start), generator=generator, **sample_kwargs)
+    for batch in sample_batches(model, num_samples, batch_size, torch.Generator().manual_seed(seed), **sample_kwargs):
         if not isinstance(batch, torch.Tensor):
             return None
         batches.append(batch.cpu())
@@ -357,11 +372,8 @@ def evaluate_model(model, accelerator, dataset: Dataset, evaluation: EvaluationC
         metrics["accuracy"] = classifier_accuracy(model, dataset, evaluation.max_eval_items)
     num_samples = min(evaluation.num_eval_samples, evaluation.max_eval_items or evaluation.num_eval_samples)
     if family.produces == "images" and num_samples >= 2:
-        try:
-            samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed,
-                                   **evaluation.sampling_keywords())
-        except TypeError as err:  # a keyword this model's sample() does not take
-            raise UserError(f"--sample_kwargs {evaluation.sample_kwargs}: {err}") from None
+        samples = draw_samples(model, num_samples, evaluation.sample_batch_size, evaluation.eval_seed,
+                               **parse_sample_kwargs(evaluation.sample_kwargs))
         if samples is None or samples.dtype != torch.uint8 or tuple(samples.shape[1:]) != CLASSIFIER_IMAGE_SHAPE:
             logger.info("no sample metrics: the digit classifier judges uint8 (N, 1, 28, 28) images only")
             return metrics

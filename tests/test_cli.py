@@ -34,6 +34,21 @@ def test_sample_writes_a_grid_or_an_array(saved, tmp_path):
     assert Image.open(tmp_path / "s.png").size == (2 + 3 * 30, 2 + 2 * 30)  # 3 columns x 2 rows of 28 px + 2 px padding
 
 
+def test_sample_passes_keywords_to_the_model(saved, tmp_path):
+    result = gm_hub("sample", saved, "--num_samples", 5, "--seed", 1, "--output", tmp_path / "s.npy",
+                    "--sample_kwargs", '{"most_likely_pixels": true}')
+    assert result.returncode == 0, result.stderr
+    model = VAE.from_pretrained(saved)
+    expected = model.sample(5, generator=torch.Generator().manual_seed(1), most_likely_pixels=True)
+    drawn = model.sample(5, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(expected, drawn)  # the keyword changes the samples, so the check below can fail
+    assert np.array_equal(np.load(tmp_path / "s.npy"), expected.numpy())
+    wrong = gm_hub("sample", saved, "--output", tmp_path / "t.npy", "--sample_kwargs", '{"temperature": 0.5}')
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "takes no temperature" in wrong.stderr and "most_likely_pixels" in wrong.stderr  # what it does take
+    assert not (tmp_path / "t.npy").exists()
+
+
 def test_evaluate_prints_json_and_can_write_the_card(saved):
     result = gm_hub("evaluate", saved, "--max_eval_items", 16, "--num_importance_samples", 2, "--write_card")
     assert result.returncode == 0, result.stderr

@@ -97,6 +97,15 @@ def test_validation_split_is_the_deterministic_last_tenth(model):
     assert abs(metrics["validation_loss"] - math.log(len(model.tokenizer))) < 0.5  # untrained: near uniform
 
 
+def test_char_encoding_gives_the_tokenizer_ids():
+    text = "JULIET: Zéro, ça va? 🙂\n\tend"  # characters of 1 to 4 UTF-8 bytes, tab and newline
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    model = GPT(config, train_tokenizer(config, TEXT, text))
+    expected = model.tokenizer(text + TEXT, add_special_tokens=False)["input_ids"]
+    assert model.encode(text + TEXT).tolist() == expected
+    assert model.encode("").tolist() == []
+
+
 def test_bpe_tokenizer_roundtrips_and_scales_loss_per_character():
     config = GPTConfig(tokenizer="bpe", bpe_vocab_size=300, n_layer=1, n_head=2, n_embd=16, block_size=16)
     model = GPT(config, train_tokenizer(config, TEXT)).eval()
