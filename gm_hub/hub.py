@@ -274,7 +274,7 @@ class HubModel(torch.nn.Module, PyTorchModelHubMixin, library_name="gm-hub", rep
 
     def card_usage(self) -> str:
         """The model card's "Use" section, in markdown."""
-        return f"""```python
+        return """```python
 from gm_hub import load_model
 import torch
 
