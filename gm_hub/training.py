@@ -622,13 +622,15 @@ def optimizer_step(run: Run, player: Player, optimizer, scheduler) -> dict[str, 
 
 
 def publish(run: Run, global_step: int, training_seconds: float, eval_fn: Callable | None,
-            model_card_kwargs: dict | None) -> None:
-    """The end of a run: evaluate, then on the main process the final samples, the model and card, the loss
-    plot and, if asked, the upload; EMA weights when the run keeps them."""
+            finalize_fn: Callable | None, model_card_kwargs: dict | None) -> None:
+    """The end of a run: finalize and evaluate, then on the main process the final samples, the model and card,
+    the loss plot and, if asked, the upload; EMA weights when the run keeps them."""
     accelerator, unwrapped, config = run.accelerator, run.unwrapped, run.config
     output_dir = Path(config.output_dir)
     unwrapped.eval()
     with _averaged(run.ema, unwrapped):
+        if finalize_fn is not None:
+            finalize_fn(unwrapped)
         metrics = eval_fn(unwrapped, accelerator) if eval_fn is not None else {}
         if accelerator.is_main_process:
             card = {"training_command": training_command(), "training_time": f"{global_step} steps, {training_seconds:.0f} s "
@@ -677,6 +679,7 @@ def train(
     *,
     players: list[Player] | None = None,
     eval_fn: Callable[[torch.nn.Module, Accelerator], dict[str, float]] | None = None,
+    finalize_fn: Callable[[torch.nn.Module], None] | None = None,
     model_card_kwargs: dict | None = None,
     collate_fn: Callable | None = None,
 ) -> torch.nn.Module:
@@ -684,6 +687,8 @@ def train(
     model with the final (EMA, if used) weights, after `save_pretrained(config.output_dir)`.
 
     eval_fn(model, accelerator) -> metrics for the model card, run on every process at the end.
+    finalize_fn(model): a last stage on every process after the final step, before evaluating and saving
+    (the VAE's prior refit); it sees the EMA weights when the run keeps them.
     """
     run = _prepare(model, train_dataset, config, players, collate_fn)
     signature = run_signature(run.unwrapped)
@@ -728,7 +733,7 @@ def train(
     training_seconds = seconds_before + time.perf_counter() - start
     save_checkpoint(run.accelerator, config.output_dir, global_step, config.checkpoints_total_limit, training_seconds, signature)
     _write_run_info(run, global_step, skipped, training_seconds)
-    publish(run, global_step, training_seconds, eval_fn, model_card_kwargs)
+    publish(run, global_step, training_seconds, eval_fn, finalize_fn, model_card_kwargs)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return run.unwrapped

@@ -233,3 +233,15 @@ def test_weight_decay_spares_biases_and_norm_scales():
     assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
     assert {p.ndim for p in decayed["params"]} == {2} and len(decayed["params"]) == 2  # Linear and Embedding weights
     assert len(spared["params"]) == 3  # Linear bias, LayerNorm weight and bias
+
+
+def test_finalize_stage_refits_the_vae_prior_before_saving(tmp_path):
+    """--prior_fit_iterations runs after the last step on the EMA weights: the saved encoder and decoder are
+    those of the same run without it, the saved prior is refit (and scores the training latents higher)."""
+    flags = [*TINY_VAE_FLAGS, "--prior", "mixture", "--prior_components", "3", "--max_train_steps", "4", "--use_ema"]
+    run_script("train_vae.py", [*flags, "--output_dir", str(tmp_path / "plain")])
+    run_script("train_vae.py", [*flags, "--prior_fit_iterations", "10", "--output_dir", str(tmp_path / "fit")])
+    plain, fit = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "fit"))
+    assert all(torch.equal(plain[k], fit[k]) for k in plain if not k.startswith("prior."))
+    assert not torch.equal(plain["prior.means"], fit["prior.means"])
+    assert "--prior_fit_iterations 10" in read_card(tmp_path / "fit")[0]["gm_hub"]["training_command"]

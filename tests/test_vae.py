@@ -185,3 +185,42 @@ def test_gaussian_prior_has_no_parameters():
 def test_bad_prior_config_is_refused_with_the_field_name(field, value):
     with pytest.raises(ConfigError, match=field):
         VAEConfig(**{field: value})
+
+
+def _mixture_log_likelihood(prior, z: torch.Tensor) -> float:
+    with torch.no_grad():
+        return prior.log_prob(z).mean().item()
+
+
+def test_prior_refit_by_em_recovers_a_known_mixture():
+    generator = torch.Generator().manual_seed(0)
+    means = torch.tensor([[-4.0, 0.0, 0.0, 2.0], [3.0, 3.0, -1.0, 0.0], [0.0, -5.0, 2.0, -2.0]])
+    scales = torch.tensor([[0.5, 1.0, 0.3, 0.8], [1.2, 0.4, 0.6, 0.5], [0.7, 0.7, 1.5, 0.2]])
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    components = torch.multinomial(weights, 6000, replacement=True, generator=generator)
+    z = means[components] + scales[components] * torch.randn(6000, 4, generator=generator)
+    prior = VAE(MIXTURE).prior  # starts near N(0, I): every component must move
+    before = _mixture_log_likelihood(prior, z)
+    prior.fit(z, iterations=200)
+    order = prior.means[:, 0].argsort()  # components come back in any order: sort by the first coordinate
+    assert torch.allclose(prior.means[order], means[[0, 2, 1]], atol=0.1)
+    assert torch.allclose(prior.log_scales[order].exp(), scales[[0, 2, 1]], rtol=0.1)
+    assert torch.allclose(prior.logits.softmax(0)[order], weights[[0, 2, 1]], atol=0.02)
+    assert _mixture_log_likelihood(prior, z) > before + 1.0
+
+
+def test_fit_prior_moves_only_the_prior_toward_the_aggregate_posterior():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2, num_flows=2, flow_type="radial",
+                          prior="mixture", prior_components=3)).eval()
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    others = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("prior.")}
+    with torch.no_grad():  # the aggregate posterior's latents, as fit_prior draws them
+        mean, log_var, flows = model.encode(images)
+        z, _ = model.posterior(mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape), flows)
+    before = _mixture_log_likelihood(model.prior, z)
+    model.fit_prior(images, iterations=20, samples_per_image=5, generator=torch.Generator().manual_seed(0))
+    assert _mixture_log_likelihood(model.prior, z) > before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in others.items())
+    with pytest.raises(ConfigError, match="prior='mixture'"):
+        VAE(TINY).fit_prior(images)

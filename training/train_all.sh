@@ -6,8 +6,9 @@
 #     bash training/train_all.sh vae-mnist gan-mnist
 #
 # Needs ../shared/data/mnist (the MNIST test set, for the card's metrics) and ../shared/data/tinyshakespeare.
-# Where each ran (its card's training_time): ddpm-mnist on this project's 2-core CPU (31 min); the others on
-# one H100, several side by side (2.5 to 7.3 minutes each). On a 2-core CPU the GPU-trained ones take hours.
+# Where each ran (its card's training_time): ddpm-mnist (31 min) and vae-mnist (6 min, then its prior refit and
+# evaluation) on this project's 2-core CPU; the others on one H100, several side by side (2.5 to 7.3 minutes
+# each). On a 2-core CPU the GPU-trained ones take hours.
 # glow-mnist and gan-mnist stopped at their --max_train_minutes (at steps 3,825 and 14,175 on the H100): on a
 # slower machine they stop earlier; replace that flag by nothing to run their full --max_train_steps.
 # glow-mnist's command adds --coupling_log_scale tanh, the only coupling the code had when it was trained
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 EVAL="--eval_data_dir ../shared/data/mnist --checkpointing_steps 1000 --checkpoints_total_limit 1"
 
 declare -A COMMANDS=(
-  [vae-mnist]="training/train_vae.py $EVAL --logging_steps 25 --hidden_channels 32 --latent_dim 32 --prior mixture --prior_components 100 --num_flows 4 --flow_type radial --max_train_steps 6000 --max_train_minutes 7.3 --learning_rate 2e-3 --use_ema --save_images_steps 2000 --output_dir runs/vae-mix32-radial"
+  [vae-mnist]="training/train_vae.py --eval_data_dir ../shared/data/mnist --logging_steps 25 --hidden_channels 32 --latent_dim 32 --prior mixture --prior_components 400 --num_flows 4 --flow_type radial --max_train_steps 6000 --max_train_minutes 30 --learning_rate 2e-3 --use_ema --save_images_steps 2000 --checkpointing_steps 1000 --checkpoints_total_limit 1 --prior_fit_iterations 100 --output_dir runs/vae-mix400-fit"
   [gan-mnist]="training/train_gan.py --eval_data_dir ../shared/data/mnist --checkpointing_steps 2000 --checkpoints_total_limit 1 --logging_steps 25 --adversarial_loss hinge --spectral_norm --hidden_channels 64 --discriminator_channels 64 --max_train_steps 16000 --max_train_minutes 4.6 --save_images_steps 4000 --output_dir runs/gan-mnist"
   [realnvp-mnist]="training/train_realnvp.py $EVAL --logging_steps 25 --num_scales 3 --num_couplings 4 --hidden_channels 192 --max_train_steps 5000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/realnvp-mnist"
   [glow-mnist]="training/train_glow.py $EVAL --logging_steps 25 --num_steps 16 --hidden_channels 192 --coupling_log_scale tanh --max_train_steps 4000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/glow-mnist"

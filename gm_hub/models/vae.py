@@ -3,7 +3,8 @@
 The encoder q(z|x) is a diagonal Gaussian, optionally pushed through K planar or radial flows (`flow_type`,
 from `gm_hub/flows.py`) whose parameters the encoder also predicts (amortized, as in [2]); the prior p(z) is
 a standard Gaussian or (`prior="mixture"`) a learned mixture of diagonal Gaussians [4], which can follow the
-aggregate posterior, so that prior samples land where the decoder was trained. The decoder p(x|z) is a
+aggregate posterior, so that prior samples land where the decoder was trained; `fit_prior` refits it by EM
+to the training set's latents after training (a two-stage fit [5]). The decoder p(x|z) is a
 discretized logistic mixture over the 256 pixel levels (as PixelCNN++), so the negative ELBO is an upper bound
 on the discrete negative log-likelihood and its bits/dim compare directly with flows and PixelCNN.
 `log_prob` is the importance-weighted bound of [3], which tightens as the number of samples k grows.
@@ -16,6 +17,9 @@ loss scale.
 [2] Rezende & Mohamed, Variational Inference with Normalizing Flows, 2015. https://arxiv.org/abs/1505.05770
 [3] Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, 2016. https://arxiv.org/abs/1509.00519
 [4] Tomczak & Welling, VAE with a VampPrior, 2018 (its mixture-of-Gaussians baseline). https://arxiv.org/abs/1705.07120
+[5] Ghosh, Sajjadi, Vergari, Black & Schoelkopf, From Variational to Deterministic Autoencoders, 2020 (ex-post
+    density estimation: a mixture fitted to the latents of the training set after training).
+    https://arxiv.org/abs/1903.12436
 """
 
 import math
@@ -130,6 +134,28 @@ class MixturePrior(nn.Module):
         log_normal = (-0.5 * (standardized**2 + math.log(2 * math.pi)) - self.log_scales).sum(2)  # (B, K)
         return torch.logsumexp(torch.log_softmax(self.logits, 0) + log_normal, dim=1)
 
+    @torch.no_grad()
+    def fit(self, z: torch.Tensor, iterations: int, min_scale: float = 1e-3) -> None:
+        """Maximum-likelihood refit to latents z (N, D) by EM [5], starting from the current parameters."""
+        z = z.double()
+        log_weights, means = torch.log_softmax(self.logits.double(), 0), self.means.double()
+        variances = torch.exp(2 * self.log_scales.double())
+        for _ in range(iterations):
+            # E step: log N(z_n; mu_k, diag(var_k)) for all n, k as matrix products, never an (N, K, D) tensor.
+            precisions = 1 / variances  # (K, D)
+            squared = (z**2 @ precisions.T - 2 * z @ (means * precisions).T
+                       + (means**2 * precisions).sum(1))  # (N, K): sum_d (z_d - mu_kd)^2 / var_kd
+            log_normal = -0.5 * (squared + torch.log(variances).sum(1) + z.shape[1] * math.log(2 * math.pi))
+            responsibilities = torch.softmax(log_weights + log_normal, dim=1)  # (N, K)
+            # M step: weighted counts, means and variances; an empty component keeps a tiny weight.
+            counts = responsibilities.sum(0).clamp_min(1e-10)  # (K,)
+            log_weights = torch.log(counts / len(z))
+            means = responsibilities.T @ z / counts[:, None]
+            variances = (responsibilities.T @ z**2 / counts[:, None] - means**2).clamp_min(min_scale**2)
+        self.logits.copy_(log_weights)
+        self.means.copy_(means)
+        self.log_scales.copy_(0.5 * torch.log(variances))
+
     def sample(self, num_samples: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """A component k ~ pi, then z ~ N(mu_k, diag(sigma_k^2)): (num_samples, D)."""
         # Drawn on the CPU, like `randn`, so that a CPU generator gives the same samples on every device.
@@ -229,6 +255,23 @@ class VAE(HubModel, family="vae", tags=["image-generation", "variational-autoenc
         if most_likely_pixels:
             return discretized_logistic_mixture_mode(params, self.config.num_channels, self.config.num_mixtures)
         return sample_discretized_logistic_mixture(params, self.config.num_channels, self.config.num_mixtures, generator)
+
+    @torch.no_grad()
+    def fit_prior(self, images: torch.Tensor, iterations: int = 100, samples_per_image: int = 10,
+                  generator: torch.Generator | None = None, batch_size: int = 500) -> None:
+        """The second stage of a two-stage fit [5]: refit the mixture prior by EM to the aggregate posterior
+        q(z) = mean_x q(z|x) over `images`, uint8 (N, C, H, W), from `samples_per_image` latents z_K per image,
+        so that prior samples land where the decoder was trained. Needs prior="mixture"."""
+        if not isinstance(self.prior, MixturePrior):
+            raise ConfigError("fit_prior needs prior='mixture' (a standard normal prior has nothing to fit)")
+        device = next(self.parameters()).device
+        latents = []
+        for _ in range(samples_per_image):
+            for batch in images.split(batch_size):
+                mean, log_var, flows = self.encode(batch.to(device))
+                z0 = mean + torch.exp(0.5 * log_var) * randn(mean.shape, generator, device)
+                latents.append(self.posterior(z0, flows)[0].float())
+        self.prior.fit(torch.cat(latents), iterations)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
