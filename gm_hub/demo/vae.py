@@ -38,8 +38,9 @@ def reconstruct(family: Family, source, sketch, upload):
 
 
 def build_tab(family: Family) -> None:
-    gr.Markdown("A convolutional VAE (Kingma & Welling) with a flow posterior (Rezende & Mohamed), a learned "
-                "mixture-of-Gaussians prior and a discretized logistic decoder.")
+    gr.Markdown("A convolutional VAE (Kingma & Welling) with a flow posterior (Rezende & Mohamed), a "
+                "mixture-of-Gaussians prior (the shipped model's refit to its training digits' latents after "
+                "training) and a discretized logistic decoder.")
     with gr.Row():
         count = slider(1, 64, value=16, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
