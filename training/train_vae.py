@@ -5,28 +5,15 @@
     accelerate launch training/train_vae.py --prior mixture --prior_components 400 --prior_fit_iterations 100
 """
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from gm_hub.config import check_ranges
 from gm_hub.data import ImageDataConfig, load_image_datasets
 from gm_hub.errors import UserError
 from gm_hub.metrics import EvaluationConfig, image_evaluation
-from gm_hub.models.vae import VAE, VAEConfig
+from gm_hub.models.vae import VAE, PriorFitConfig, VAEConfig
 from gm_hub.training import TrainingConfig, parse_args, run_main, set_seed, train
-
-
-@dataclass
-class PriorFitConfig:
-    """The optional second stage: after training, the mixture prior refit by EM to the training set's latents."""
-
-    prior_fit_iterations: int = 0  # EM iterations (0: the prior stays as trained); needs --prior mixture
-    prior_fit_samples_per_image: int = 10  # latents z ~ q(z|x) per training image
-
-    def __post_init__(self) -> None:
-        check_ranges(self, ("prior_fit_iterations", 0, 10_000), ("prior_fit_samples_per_image", 1, 1000))
 
 
 def fit_prior(model: VAE, images: torch.Tensor, prior_fit: PriorFitConfig, seed: int) -> None:

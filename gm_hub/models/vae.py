@@ -62,6 +62,18 @@ class VAEConfig(ImageShape):
             raise ConfigError(f"flow_type must be 'planar' or 'radial', got {self.flow_type!r}")
 
 
+@dataclass
+class PriorFitConfig:
+    """The training script's optional second stage (`VAE.fit_prior`): after the last step, the mixture prior refit
+    by EM to the training set's latents."""
+
+    prior_fit_iterations: int = 0  # EM iterations (0: the prior stays as trained); needs --prior mixture
+    prior_fit_samples_per_image: int = 10  # latents z ~ q(z|x) per training image
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ("prior_fit_iterations", 0, 10_000), ("prior_fit_samples_per_image", 1, 1000))
+
+
 class Encoder(nn.Module):
     """(B, C, H, W) in [-1, 1] -> features (B, out_features)."""
 
