@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gm_hub.data import load_text, split_text
+from gm_hub.models.gpt import GPT
+from run import machine  # benchmarks/run.py: CPU, cores, torch and Python versions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_FILE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -70,11 +73,14 @@ def timed(command: list[str], cwd: Path, log_file: Path) -> float:
     return seconds
 
 
+def validation_text() -> str:
+    """The last 10% of tiny Shakespeare, split as gm-hub's training script splits it (nanoGPT's split too)."""
+    return split_text(load_text(str(DATA_FILE)))[1]
+
+
 def validation_windows(stoi: dict[str, int], block_size: int = 64) -> torch.Tensor:
-    """The last 10% of the text as (W, block_size + 1) token ids, stride block_size: the race's one measure."""
-    text = DATA_FILE.read_text()
-    validation_text = text[int(len(text) * 0.9):]
-    ids = torch.tensor([stoi[c] for c in validation_text])
+    """The validation text as (W, block_size + 1) token ids, stride block_size: the race's one measure."""
+    ids = torch.tensor([stoi[c] for c in validation_text()])
     return ids.unfold(0, block_size + 1, block_size)
 
 
@@ -98,17 +104,11 @@ def nanogpt_loss(nanogpt_copy: Path, out_dir: Path) -> float:
 
 
 def gm_hub_loss(output_dir: Path) -> float:
-    from gm_hub.data import load_text, split_text
-    from gm_hub.models.gpt import GPT
-
-    _, validation_text = split_text(load_text(str(DATA_FILE)))
-    return GPT.from_pretrained(output_dir).nats_per_character(validation_text)
+    return GPT.from_pretrained(output_dir).nats_per_character(validation_text())
 
 
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "CPU")
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+def _joined(values: tuple) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
 
 
 def report(runs: list[Run], losses: dict[str, float], command: str, load_before: tuple, load_after: tuple) -> str:
@@ -118,9 +118,9 @@ def report(runs: list[Run], losses: dict[str, float], command: str, load_before:
     rows = "\n".join(f"| {r} | {s['nanoGPT']:.1f} | {s['gm-hub']:.1f} | {s['gm-hub'] / s['nanoGPT']:.2f}x |"
                      for r, s in sorted(by_round.items()))
     ratios = sorted(s["gm-hub"] / s["nanoGPT"] for s in by_round.values())
-    loads = lambda values: ", ".join(f"{x:.2f}" for x in values)
     fast = " ".join(FAST_RECIPE)
-    return f"""Command: `{command}`. Machine: {machine()}. Load average (1, 5, 15 min) before: {loads(load_before)}; after: {loads(load_after)}.
+    info = machine()
+    return f"""Command: `{command}`. Machine: {info['cpu']}, {info['cpu_count']} cores, torch {info['torch']}. Load average (1, 5, 15 min) before: {_joined(load_before)}; after: {_joined(load_after)}.
 
 Whole processes, wall clock (s):
 
