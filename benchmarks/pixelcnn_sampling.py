@@ -1,11 +1,12 @@
 """PixelCNN: naive against cached sampling time, conditional accuracy, and a grid of one row per digit class.
 
     python benchmarks/pixelcnn_sampling.py pretrained/pixelcnn-mnist
-    python benchmarks/pixelcnn_sampling.py pretrained/pixelcnn-mnist --per_class 100 --skip_naive
+    python benchmarks/pixelcnn_sampling.py pretrained/pixelcnn-mnist --per_class 100 --skip_naive --guidance_scales 0 1 3
 
 16 samples with each method from one seed, timed in one run (the two must be identical images, which is
-checked); conditional accuracy: --per_class samples of each digit, classified by the project's classifier;
-class-conditional samples at temperature 1. Writes benchmarks/pixelcnn_sampling.md and a PNG grid.
+checked); conditional accuracy: --per_class samples of each digit at each classifier-free guidance scale,
+classified by the project's classifier; class-conditional samples at temperature 1. Writes
+benchmarks/pixelcnn_sampling.md and a PNG grid (one row per digit) per guidance scale.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from conditional_samples import conditional_table
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 
@@ -23,12 +25,11 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--per_class", type=int, default=100)
     parser.add_argument("--skip_naive", action="store_true")
+    parser.add_argument("--guidance_scales", type=float, nargs="+", default=[0.0])
     parser.add_argument("--output", default=str(BENCHMARKS_DIR / "pixelcnn_sampling"))
     args = parser.parse_args()
 
     from gm_hub import load_model
-    from gm_hub.data import save_image_grid
-    from gm_hub.metrics import classifier_outputs, load_digit_classifier
 
     model = load_model(args.model)
     lines = ["# PixelCNN sampling", "", f"```bash\npython {' '.join(sys.argv)}\n```", "", f"Model `{args.model}`.", ""]
@@ -42,20 +43,8 @@ def main() -> None:
         naive_seconds = time.perf_counter() - start
         lines.append(f"16 samples, naive sampler (the whole network once per pixel): {naive_seconds:.1f} s; "
                      f"speed-up {naive_seconds / cached_seconds:.0f}x; identical images: {torch.equal(naive, cached)}.")
-    classifier = load_digit_classifier()
-    rows, correct, confident = [], 0, 0
-    generator = torch.Generator().manual_seed(1)
-    for digit in range(10):
-        images = model.sample(args.per_class, generator=generator, label=digit)
-        _, probabilities = classifier_outputs(images, classifier)
-        correct += int((probabilities.argmax(1) == digit).sum())
-        confident += int((probabilities.max(1).values >= 0.9).sum())
-        rows.append(images[:10])
-    total = 10 * args.per_class
-    lines += ["", f"Conditional samples ({args.per_class} per digit, temperature 1): classified as the requested digit "
-              f"{correct / total:.3f}; confident share (p >= 0.9) {confident / total:.3f}.", "",
-              f"![one row per digit]({Path(args.output).name}.png)"]
-    save_image_grid(torch.cat(rows), f"{args.output}.png", num_columns=10)
+    settings = [{"guidance_scale": scale} for scale in args.guidance_scales]
+    lines += ["", *conditional_table(model, args.per_class, settings, Path(args.output))]
     Path(f"{args.output}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,7 +39,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent  # results.json, plots/ and the
 INCLUDED_RESULTS = (
     "gpu_runs.md", "cuda_check.md", "family_timing.md", "vae_results.md", "gan_results.md", "gpt_results.md",
     "ddpm_schedulers.md", "ddpm_default.md", "pixelcnn_sampling.md", "bad_requests_results.md", "load_test_results.md",
-    "browser_latency.md", "flow_grids.md",
+    "browser_latency.md", "flow_grids.md", "gan-mnist_conditional.md",
 )
 
 logger = logging.getLogger("benchmarks")
@@ -288,12 +288,25 @@ def quality_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def merge_results(previous: dict, update: dict) -> dict:
+    """A run over some families (`--families`) replaces their entries and quality rows in the previous results and
+    keeps every other family's, with the update's command and date listed under the previous run's."""
+    merged = {**previous, "families": {**previous["families"], **update["families"]}}
+    updated_rows = {row["name"]: row for row in update["quality"]}
+    merged["quality"] = [updated_rows.pop(row["name"], row) for row in previous["quality"]] + list(updated_rows.values())
+    merged["updates"] = [*previous.get("updates", []),
+                         {"command": update["command"], "date": update["date"], "families": sorted(update["families"])}]
+    return merged
+
+
 def write_report(results: dict, output_dir: Path) -> None:
     info, settings = results["machine"], results["settings"]
     lines = [
         "# gm-hub benchmarks", "",
         "Written by `benchmarks/run.py`; do not edit by hand. Command:", "",
         f"```bash\n{results['command']}\n```", "",
+        *[f"Then, on {update['date']}, `{update['command']}` measured {', '.join(update['families'])} anew." for update in
+          results.get("updates", [])], "",
         f"Machine: {info['cpu']}, {info['cpu_count']} cores ({settings['num_threads']} torch thread(s) used, shared with "
         f"other work), torch {info['torch']}, Python {info['python']}, device `{settings['device']}`"
         + (f", GPU {info['gpu']}" if "gpu" in info else "") + f". Run on {results['date']}.", "",
@@ -471,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
             if folder and (Path(folder) / "logs" / "history.jsonl").is_file():
                 histories[family.name] = Path(folder) / "logs" / "history.jsonl"
         results["families"][family.name] = entry
+    if args.families and (BENCHMARKS_DIR / "results.json").is_file():
+        results = merge_results(json.loads((BENCHMARKS_DIR / "results.json").read_text()), results)
     output_dir.mkdir(parents=True, exist_ok=True)
     (BENCHMARKS_DIR / "results.json").write_text(json.dumps(results, indent=1))
     write_plots(results, histories, output_dir)

@@ -49,13 +49,9 @@ def split_mixture_params(
     return logits, means, log_scales.clamp(min=-7.0)  # floor on the scale keeps the bin masses finite
 
 
-def discretized_logistic_mixture_log_prob(images: torch.Tensor, params: torch.Tensor, num_mixtures: int) -> torch.Tensor:
-    """log p(images) in nats, summed over C, H, W.
-
-    images: (B, C, H, W) uint8; params: (B, 3 * K * C, H, W) from the network. Returns (B,).
-    """
-    logits, means, log_scales = split_mixture_params(params, images.shape[1], num_mixtures)
-    x = to_unit_range(images).unsqueeze(1)  # (B, 1, C, H, W), broadcast over the K components
+def _log_bin_mass(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log of the mixture's mass on the bin of each value x in [-1, 1]; x broadcasts against (..., K, C, H, W)
+    with the components on dim -4 -> (..., C, H, W)."""
     half_bin = 1.0 / (NUM_LEVELS - 1)
     inv_scale = torch.exp(-log_scales)
     upper = inv_scale * (x - means + half_bin)
@@ -72,8 +68,24 @@ def discretized_logistic_mixture_log_prob(images: torch.Tensor, params: torch.Te
         log_density_centre + torch.log(torch.tensor(2 * half_bin, device=x.device)),
     )
     log_mass = torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_survival_lower, log_mass_inner))
-    log_prob = torch.logsumexp(log_mass + F.log_softmax(logits, dim=1), dim=1)  # (B, C, H, W)
-    return log_prob.flatten(1).sum(1)
+    return torch.logsumexp(log_mass + F.log_softmax(logits, dim=-4), dim=-4)
+
+
+def discretized_logistic_mixture_log_prob(images: torch.Tensor, params: torch.Tensor, num_mixtures: int) -> torch.Tensor:
+    """log p(images) in nats, summed over C, H, W.
+
+    images: (B, C, H, W) uint8; params: (B, 3 * K * C, H, W) from the network. Returns (B,).
+    """
+    logits, means, log_scales = split_mixture_params(params, images.shape[1], num_mixtures)
+    x = to_unit_range(images).unsqueeze(1)  # (B, 1, C, H, W), broadcast over the K components
+    return _log_bin_mass(x, logits, means, log_scales).flatten(1).sum(1)
+
+
+def discretized_logistic_mixture_level_log_probs(params: torch.Tensor, num_channels: int, num_mixtures: int) -> torch.Tensor:
+    """log p(value) of each of the 256 values of every subpixel: params (B, 3 * K * C, H, W) -> (B, 256, C, H, W)."""
+    logits, means, log_scales = (part.unsqueeze(1) for part in split_mixture_params(params.float(), num_channels, num_mixtures))
+    levels = to_unit_range(torch.arange(NUM_LEVELS, dtype=torch.uint8, device=params.device))
+    return _log_bin_mass(levels.view(1, NUM_LEVELS, 1, 1, 1, 1), logits, means, log_scales)  # (B, 256, C, H, W)
 
 
 def sample_discretized_logistic_mixture(

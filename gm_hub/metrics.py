@@ -321,6 +321,28 @@ def draw_samples(model, num_samples: int, batch_size: int = 500, seed: int = 0, 
     return torch.cat(batches)
 
 
+def conditional_metrics(model, per_class: int, classifier=None, seed: int = 0, batch_size: int = 500,
+                        confidence_threshold: float = 0.9, **sample_kwargs) -> tuple[dict[str, float], torch.Tensor]:
+    """How well a class-conditional model draws the digit it is asked for: `per_class` samples of each label
+    0..9 (`model.sample(..., label=k, **sample_kwargs)`, one seeded generator throughout), classified.
+
+    Returns the share classified as the requested digit ("conditional_accuracy"), the confident share, and the
+    samples, uint8 (10, per_class, 1, 28, 28).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.stack([
+        torch.cat([batch.cpu() for batch in sample_batches(model, per_class, batch_size, generator, label=label, **sample_kwargs)])
+        for label in range(10)
+    ])
+    _, probabilities = classifier_outputs(samples.flatten(0, 1), classifier)
+    requested = torch.arange(10).repeat_interleave(per_class)
+    metrics = {
+        "conditional_accuracy": (probabilities.argmax(1) == requested).float().mean().item(),
+        "conditional_confident_share": (probabilities.max(1).values >= confidence_threshold).float().mean().item(),
+    }
+    return metrics, samples
+
+
 def _default_train_images() -> torch.Tensor:
     """The training split every image family trains on by default (embedded MNIST)."""
     from .data import ImageDataConfig, load_image_datasets

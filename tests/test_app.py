@@ -98,6 +98,9 @@ def test_gan_tab_truncation_and_interpolation(app_module):
     assert pixels(truncated.convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()
     line, _ = gan_tab.interpolate(family, 1, 2, 4, True)
     assert line.size == (2 + 4 * 86, 2 + 86)
+    for call in (lambda: gan_tab.sample(family, 4, 0, 0.0, "7"), lambda: gan_tab.interpolate(family, 1, 2, 4, True, "3", "8")):
+        with pytest.raises(demo.gr.Error, match="unconditional"):  # this tiny generator has no classes
+            call()
 
 
 def test_text_tab_streams_only_the_new_text_and_joins_to_generate(app_module):

@@ -1,5 +1,5 @@
-"""The demo tabs of the flows, PixelCNN, DDPM and the VAE's reconstruction: their handlers in-process on tiny untrained
-28-pixel models."""
+"""The demo tabs of the flows, PixelCNN, DDPM, the VAE's reconstruction and the conditional GAN: their handlers
+in-process on tiny untrained 28-pixel models."""
 
 import sys
 
@@ -11,9 +11,11 @@ from conftest import REPO_ROOT
 from gm_hub import demo
 from gm_hub.demo import ddpm as ddpm_tab
 from gm_hub.demo import flow as flow_tab
+from gm_hub.demo import gan as gan_tab
 from gm_hub.demo import pixelcnn as pixelcnn_tab
 from gm_hub.demo import vae as vae_tab
 from gm_hub.models.ddpm import DDPM, DEFAULT_SCHEDULER, DDPMConfig
+from gm_hub.models.gan import Generator, GeneratorConfig
 from gm_hub.models.glow import Glow, GlowConfig
 from gm_hub.models.pixelcnn import PixelCNN, PixelCNNConfig
 from gm_hub.models.realnvp import RealNVP, RealNVPConfig
@@ -27,6 +29,7 @@ TINY_MODELS = {  # 28 pixels, as the tabs' real digits and the 84-pixel upscalin
     "ddpm": lambda: DDPM(DDPMConfig(block_out_channels=(8, 16), attention_resolutions=(14,), norm_num_groups=4,
                                     num_train_timesteps=100)),
     "vae": lambda: VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2)),
+    "gan": lambda: Generator(GeneratorConfig(latent_dim=8, hidden_channels=8, num_classes=10)),
 }
 CELL = 86  # an 84-pixel upscaled digit and the grid's 2-pixel padding
 
@@ -103,6 +106,13 @@ def test_pixelcnn_tab_samples_a_digit_class(tabs):
     assert not np.array_equal(pixels(first), pixels(pixelcnn_tab.sample(family, "3", 0.8, 4, 6)[0]))
     expected = demo.get_model(family).sample(4, generator=generator(5), label=3, temperature=0.8)
     assert digit(first) == expected[0, 0].tolist()
+    guided, _ = pixelcnn_tab.sample(family, "3", 0.8, 4, 5, 2.0)
+    expected = demo.get_model(family).sample(4, generator=generator(5), label=3, temperature=0.8, guidance_scale=2.0)
+    assert digit(guided) == expected[0, 0].tolist() and not np.array_equal(pixels(guided), pixels(first))
+    any_class = pixelcnn_tab.sample(family, "any", 0.8, 4, 5, 2.0)[0]  # no class to guide toward: guidance is off
+    assert np.array_equal(pixels(any_class), pixels(pixelcnn_tab.sample(family, "any", 0.8, 4, 5, 0.0)[0]))
+    with pytest.raises(demo.gr.Error, match="Guidance"):
+        pixelcnn_tab.sample(family, "3", 0.8, 4, 5, -1)
 
 
 def test_pixelcnn_tab_completes_the_top_rows_of_a_real_digit(tabs):
@@ -208,3 +218,24 @@ def test_demo_has_the_new_tabs_endpoints(tabs):
     api_names = {dependency.api_name for dependency in built.fns.values()}
     assert {"sample_realnvp", "interpolate_realnvp", "sample_glow", "interpolate_glow", "sample_pixelcnn",
             "complete_pixelcnn", "sample_ddpm", "reconstruct_vae"} <= api_names
+
+
+def test_conditional_gan_tab_samples_a_class_and_interpolates_between_the_seeds_samples(tabs):
+    family = get_family("gan")
+    model = demo.get_model(family)
+    grid, _ = gan_tab.sample(family, 4, 5, 0.0, "6")
+    expected = model.sample(4, torch.Generator().manual_seed(5), label=6)
+    assert pixels(grid.convert("L"))[2:86:3, 2:86:3].tolist() == expected[0, 0].tolist()
+    any_class, _ = gan_tab.sample(family, 4, 5, 0.0, "any")
+    assert not np.array_equal(pixels(grid), pixels(any_class))
+    # "any" at both ends: each end is its seed's single sample, class drawn after z.
+    line, _ = gan_tab.interpolate(family, 1, 2, 4, True, "any", "any")
+    ends = torch.cat([model.sample(1, torch.Generator().manual_seed(seed)) for seed in (1, 2)])
+    assert line.size == (2 + 4 * CELL, CELL + 2)
+    for column, end in ((0, ends[0]), (3, ends[1])):
+        cell = pixels(line.convert("L"))[2:86:3, 2 + column * CELL : 2 + column * CELL + 84 : 3]
+        assert np.abs(cell.astype(int) - end[0].numpy().astype(int)).max() <= 1  # batch size may round differently
+    three_to_eight, _ = gan_tab.interpolate(family, 1, 2, 4, True, "3", "8")
+    assert not np.array_equal(pixels(line), pixels(three_to_eight))
+    with pytest.raises(demo.gr.Error, match="To digit"):
+        gan_tab.interpolate(family, 1, 2, 4, True, "3", "12")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import run_script
 from gm_hub import load_model
+from gm_hub.errors import UserError
 from gm_hub.hub import ConfigError
 from gm_hub.models.gan import (
     GAN,
@@ -29,6 +30,8 @@ TINY_GAN_FLAGS = [
     "--mixed_precision", "bf16", "--max_eval_items", "16", "--num_sample_images", "4", "--save_images_steps", "0",
     "--logging_steps", "1", "--seed", "5",
     "--diff_augment", "translation,cutout",  # its random draws must resume exactly too
+    "--num_classes", "10",  # class-conditional: the embedded digits' labels reach both players
+    "--mode_seeking_weight", "1.0",
 ]
 
 
@@ -43,8 +46,8 @@ def test_adversarial_steps_change_both_networks_save_and_resume_exactly(tmp_path
     published = load_file(run / "model.safetensors")
     assert published and all(not k.startswith("discriminator") for k in published)
     config = json.loads((run / "config.json").read_text())
-    assert config["_gm_hub_class"] == "Generator" and config["latent_dim"] == 8
-    assert load_model(run).sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 28, 28)
+    assert config["_gm_hub_class"] == "Generator" and config["latent_dim"] == 8 and config["num_classes"] == 10
+    assert load_model(run).sample(3, torch.Generator().manual_seed(0), label=7).shape == (3, 1, 28, 28)
     assert "| classifier_fid |" in (run / "README.md").read_text()  # the sample metrics reach the GAN through the loop
 
     # Resume from step 2 in a fresh folder: both networks, optimizers and the EMA match the uninterrupted run.
@@ -130,6 +133,8 @@ def test_from_pretrained_reproduces_samples_for_the_same_seed(tmp_path):
 
 @pytest.mark.parametrize("config_class, field, value", [
     (GeneratorConfig, "resolution", 30), (GeneratorConfig, "num_channels", 2), (GeneratorConfig, "latent_dim", 0),
+    (GeneratorConfig, "num_classes", -1), (DiscriminatorConfig, "num_classes", 1001),
+    (AdversarialConfig, "mode_seeking_weight", -1.0),
     (DiscriminatorConfig, "discriminator_channels", 0), (AdversarialConfig, "adversarial_loss", "wasserstein"),
     (AdversarialConfig, "discriminator_steps", 0), (AdversarialConfig, "diff_augment", "color"),
     (AdversarialConfig, "diff_augment", "translation,"),
@@ -139,6 +144,70 @@ def test_bad_config_is_refused_with_the_field_name(config_class, field, value):
         config_class(**{field: value})
     with pytest.raises(ConfigError, match="resolution"):
         GAN(GeneratorConfig(resolution=32), DiscriminatorConfig(resolution=28), AdversarialConfig())
+    with pytest.raises(ConfigError, match="num_classes"):
+        GAN(GeneratorConfig(num_classes=10), DiscriminatorConfig(), AdversarialConfig())
+
+
+TINY_CONDITIONAL_G = GeneratorConfig(latent_dim=8, hidden_channels=8, num_classes=10)
+
+
+def test_conditional_sampling_draws_z_then_uniform_labels_and_the_label_changes_the_image():
+    torch.manual_seed(0)
+    model = Generator(TINY_CONDITIONAL_G).eval()
+    seeded = torch.Generator().manual_seed(4)
+    latents = model.sample_latents(500, seeded)
+    labels = torch.randint(10, (500,), generator=seeded)
+    assert torch.equal(model.sample(500, torch.Generator().manual_seed(4)), model.generate(latents, labels))
+    assert torch.bincount(labels, minlength=10).min() > 25  # uniform over the ten classes
+    # One z, every label: the label's embedding changes G's output.
+    z = latents[:1].expand(10, -1)
+    images = model.generate(z, torch.arange(10))
+    assert all(not torch.equal(images[0], images[k]) for k in range(1, 10))
+    latents = model.sample_latents(3, torch.Generator().manual_seed(4))
+    assert torch.equal(model.sample(3, torch.Generator().manual_seed(4), label=2), model.generate(latents, torch.full((3,), 2)))
+    with pytest.raises(UserError, match=r"labels must be in \[0, 10\)"):
+        model.sample(2, label=10)
+    with pytest.raises(UserError, match="unconditional"):
+        Generator(TINY_G).sample(2, label=3)
+
+
+def test_projection_discriminator_scores_image_label_pairs_and_learns_its_class_vectors():
+    torch.manual_seed(0)
+    # Without spectral norm, which divides every class vector by a norm of them all (so all get gradients).
+    gan = GAN(TINY_CONDITIONAL_G, DiscriminatorConfig(discriminator_channels=8, num_classes=10), AdversarialConfig("hinge"))
+    images = torch.rand(4, 1, 28, 28) * 2 - 1
+    logits = [gan.discriminator(images, torch.full((4,), label)) for label in (1, 8)]
+    assert not torch.allclose(logits[0], logits[1])
+    batch = {"images": torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8), "labels": torch.tensor([0, 3, 3, 9])}
+    for player, embedding in (("discriminator", gan.discriminator.class_projection), ("generator", gan.generator.label_embedding)):
+        gan.zero_grad(set_to_none=True)
+        gan(batch, player=player)["loss"].backward()
+        used = embedding.weight.grad.abs().sum(dim=1) > 0
+        assert used.tolist() == [k in (0, 3, 9) for k in range(10)], player  # the batch's classes alone
+    with pytest.raises(UserError, match="--num_classes 0"):
+        gan({"images": batch["images"]}, player="discriminator")  # unlabelled data for a conditional GAN
+
+
+def test_conditional_interpolation_moves_from_one_class_to_the_other():
+    torch.manual_seed(0)
+    model = Generator(TINY_CONDITIONAL_G).eval()
+    z_a, z_b = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    images = model.interpolate(z_a, z_b, steps=5, labels=(3, 8))
+    ends = model.generate(torch.stack([z_a, z_b]), torch.tensor([3, 8]))
+    assert images.shape == (5, 1, 28, 28) and (images[[0, -1]].int() - ends.int()).abs().max() <= 1
+    with pytest.raises(UserError, match="labels=\\(a, b\\)"):
+        model.interpolate(z_a, z_b, steps=5)
+
+
+def test_conditional_generator_round_trips_through_from_pretrained(tmp_path):
+    torch.manual_seed(0)
+    model = Generator(TINY_CONDITIONAL_G).eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config.num_classes == 10
+    for label in (None, 6):
+        assert torch.equal(model.sample(5, torch.Generator().manual_seed(2), label=label),
+                           loaded.sample(5, torch.Generator().manual_seed(2), label=label))
 
 
 def test_diff_augment_with_an_empty_policy_is_the_identity():
@@ -206,3 +275,37 @@ def test_both_players_train_with_diff_augment():
     first = gan(batch, player="discriminator")["loss"]
     torch.manual_seed(1)
     assert torch.equal(first, gan(batch, player="discriminator")["loss"])
+
+
+def test_mode_seeking_term_pairs_labels_and_is_the_inverse_distance_ratio():
+    torch.manual_seed(0)
+    gan = GAN(TINY_CONDITIONAL_G, DiscriminatorConfig(discriminator_channels=8, num_classes=10),
+              AdversarialConfig("hinge", mode_seeking_weight=2.0)).eval()  # eval: G's batch norm keeps no batch state
+    seen = []
+    gan.generator.label_embedding.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6])  # odd: the last sample has no partner
+    torch.manual_seed(1)
+    outputs = gan.generator_loss(7, torch.device("cpu"), labels)
+    paired = seen[0]
+    assert paired.tolist() == [0, 1, 2, 0, 1, 2, 6]  # the second half repeats the first half's labels
+    torch.manual_seed(1)
+    z = torch.randn(7, 8)
+    images = gan.generator(z, paired)
+    ratio = ((images[:3] - images[3:6]).abs().mean(dim=(1, 2, 3)) / (z[:3] - z[3:6]).abs().mean(dim=1)).mean()
+    torch.testing.assert_close(outputs["mode_seeking"], 1 / (ratio + 1e-5))
+    adversarial = -gan.discriminator(images, paired).mean()
+    torch.testing.assert_close(outputs["loss"], adversarial + 2.0 * outputs["mode_seeking"])
+    # With D silenced (logits 0), a step on G's loss moves the paired images apart: the term falls.
+    with torch.no_grad():
+        for module in (gan.discriminator.score, gan.discriminator.class_projection):
+            module.weight.zero_()
+    gan.discriminator.score.bias.data.zero_()
+    terms = []
+    for _ in range(2):
+        torch.manual_seed(2)
+        outputs = gan.generator_loss(8, torch.device("cpu"), torch.arange(8))
+        terms.append(outputs["mode_seeking"].item())
+        gan.zero_grad()
+        outputs["loss"].backward()
+        torch.optim.SGD(gan.generator.parameters(), lr=0.05).step()
+    assert terms[1] < terms[0]

@@ -11,6 +11,7 @@ from gm_hub.metrics import (
     PixelGaussianBaseline,
     class_shares,
     classifier_fid,
+    conditional_metrics,
     confident_share,
     dequantized_bits_per_dim,
     evaluate_bits_per_dim,
@@ -114,3 +115,24 @@ def test_no_sample_metrics_for_non_digit_images():
 
 def test_shipped_classifier_is_cached_once_per_process():
     assert load_digit_classifier() is load_digit_classifier()
+
+
+class RealDigitsOfLabel:
+    """A stand-in conditional model: asked for digit k, it returns real digits labelled (k + shift) % 10."""
+
+    def __init__(self, shift: int):
+        train, _ = load_image_datasets(ImageDataConfig())
+        self.by_label = [train.images[train.labels == k] for k in range(10)]
+        self.shift = shift
+
+    def sample(self, num_samples, generator=None, label=None):
+        pool = self.by_label[(label + self.shift) % 10]
+        return pool[torch.randint(len(pool), (num_samples,), generator=generator)]
+
+
+@pytest.mark.parametrize("shift, low, high", [(0, 0.95, 1.0), (1, 0.0, 0.05)])
+def test_conditional_metrics_score_the_requested_digit(shift, low, high):
+    metrics, samples = conditional_metrics(RealDigitsOfLabel(shift), per_class=40, batch_size=15)
+    assert samples.shape == (10, 40, 1, 28, 28) and samples.dtype == torch.uint8
+    assert low <= metrics["conditional_accuracy"] <= high
+    assert metrics["conditional_confident_share"] > 0.9  # real digits, whichever was asked for

@@ -56,15 +56,47 @@ def test_the_sampler_kernels_compute_the_training_network():
     torch.testing.assert_close(stepwise, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("label, temperature, num_channels", [(None, 1.0, 1), (7, 1.0, 1), (2, 0.7, 1), (None, 1.3, 3)])
-def test_cached_and_naive_sampling_give_identical_images(label, temperature, num_channels):
+@pytest.mark.parametrize("label, temperature, num_channels, guidance_scale", [
+    (None, 1.0, 1, 0.0), (7, 1.0, 1, 0.0), (2, 0.7, 1, 0.0), (None, 1.3, 3, 0.0), (4, 1.0, 1, 2.0), (1, 0.8, 3, 0.5),
+])
+def test_cached_and_naive_sampling_give_identical_images(label, temperature, num_channels, guidance_scale):
     model = tiny_model(resolution=6, num_channels=num_channels, num_layers=2, num_mixtures=3)
+    options = dict(label=label, temperature=temperature, guidance_scale=guidance_scale)
     for seed in range(2):
-        cached = model.sample(6, torch.Generator().manual_seed(seed), label=label, temperature=temperature)
-        naive = model.sample(6, torch.Generator().manual_seed(seed), label=label, temperature=temperature, method="naive")
+        cached = model.sample(6, torch.Generator().manual_seed(seed), **options)
+        naive = model.sample(6, torch.Generator().manual_seed(seed), method="naive", **options)
         assert cached.dtype == torch.uint8 and cached.shape == (6, num_channels, 6, 6)
         assert torch.equal(cached, naive)
-    assert not torch.equal(cached, model.sample(6, torch.Generator().manual_seed(99), label=label, temperature=temperature))
+    assert not torch.equal(cached, model.sample(6, torch.Generator().manual_seed(99), **options))
+
+
+def logistic_mixture_level_probabilities(logits, means, log_scales) -> torch.Tensor:
+    """The 256 values' probabilities under a logistic mixture, from the logistic CDF in float64: (256,)."""
+    edges = torch.tensor([-math.inf, *[(level + 0.5) / 127.5 - 1 for level in range(255)], math.inf], dtype=torch.float64)
+    weights = torch.tensor(logits, dtype=torch.float64).softmax(0)
+    cdf = sum(w * torch.sigmoid((edges - m) / math.exp(s)) for w, m, s in zip(weights, means, log_scales))
+    return cdf[1:] - cdf[:-1]
+
+
+def test_guided_pixels_follow_the_renormalized_guided_distribution():
+    model = tiny_model(num_classes=10)
+    conditional = ([0.5, -0.5], [0.0, 0.05], [-3.5, -4.0])  # logits, means, log-scales of K = 2 components
+    unconditional = ([0.0, 0.0], [-0.03, 0.02], [-3.0, -3.0])
+    draws = 20_000
+    params = torch.tensor([sum(conditional, []), sum(unconditional, [])]).repeat_interleave(draws, 0)  # (2N, 3K)
+    pixels = model._draw(params, 1.0, 1.5, torch.Generator().manual_seed(0))
+    assert pixels.shape == (2 * draws, 1) and torch.equal(pixels[:draws], pixels[draws:])  # one pixel for both halves
+    p_conditional = logistic_mixture_level_probabilities(*conditional)
+    p_unconditional = logistic_mixture_level_probabilities(*unconditional)
+    guided = p_conditional**2.5 / p_unconditional**1.5
+    expected = guided / guided.sum()
+    found = torch.bincount(pixels[:draws, 0].long(), minlength=256).double() / draws
+    assert (found - expected).abs().sum() / 2 < 0.02  # total variation; sampling noise alone is ~0.01
+    assert (p_conditional - expected).abs().sum() / 2 > 0.1  # and guidance did move the distribution
+    with pytest.raises(ValueError, match="guidance_scale needs a label"):
+        model.sample(2, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="guidance_scale must be"):
+        model.sample(2, label=3, guidance_scale=-1.0)
 
 
 def test_label_changes_the_samples_and_bad_labels_are_refused():

@@ -2,6 +2,7 @@
 
     accelerate launch training/train_gan.py --max_train_steps 3000 --output_dir gan-mnist
     accelerate launch training/train_gan.py --adversarial_loss hinge --spectral_norm --discriminator_steps 2
+    accelerate launch training/train_gan.py --num_classes 10 --adversarial_loss hinge --spectral_norm  # class-conditional
     accelerate launch training/train_gan.py --resolution 32 --eval_data_dir ../shared/data/mnist
 
 Family defaults (Adam lr 2e-4, beta1 0.5, a constant schedule, EMA of G for sampling) come from the

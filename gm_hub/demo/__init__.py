@@ -122,6 +122,16 @@ def check_seed(seed) -> int:
     return check_number("Seed", seed, 0, MAX_SEED, integer=True)
 
 
+DIGIT_CHOICES = ["any", *map(str, range(10))]  # a class dropdown's choices: "any", or one digit
+
+
+def digit_label(digit, name: str = "Digit class") -> int | None:
+    """A class dropdown's value: "any" (or None) -> None, "0".."9" -> that label; else a gr.Error naming `name`."""
+    if digit is None or digit == DIGIT_CHOICES[0]:
+        return None
+    return check_number(name, digit, 0, 9, integer=True)
+
+
 def upscale(images: torch.Tensor, size: int = 84) -> torch.Tensor:
     """Nearest-neighbour upscaling so 28-pixel digits are visible: (N, C, H, W) uint8."""
     return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="nearest").to(torch.uint8)
