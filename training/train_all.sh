@@ -7,7 +7,7 @@
 #
 # Needs ../shared/data/mnist (the MNIST test set, for the card's metrics) and ../shared/data/tinyshakespeare.
 # Where each ran (its card's training_time): ddpm-mnist (31 min), vae-mnist (6 min, then its prior refit and
-# evaluation) and gan-mnist (14 min) on this project's 2-core CPU; the others on one H100, several side by side (2.5 to 7.3 minutes
+# evaluation) and gan-mnist (15 min) on this project's 2-core CPU; the others on one H100, several side by side (2.5 to 7.3 minutes
 # each). On a 2-core CPU the GPU-trained ones take hours.
 # glow-mnist stopped at its --max_train_minutes (at step 3,825 on the H100): on a slower machine it stops
 # earlier; replace that flag by nothing to run its full --max_train_steps.
@@ -19,7 +19,7 @@ EVAL="--eval_data_dir ../shared/data/mnist --checkpointing_steps 1000 --checkpoi
 
 declare -A COMMANDS=(
   [vae-mnist]="training/train_vae.py --eval_data_dir ../shared/data/mnist --logging_steps 25 --hidden_channels 32 --latent_dim 32 --prior mixture --prior_components 400 --num_flows 4 --flow_type radial --max_train_steps 6000 --max_train_minutes 30 --learning_rate 2e-3 --use_ema --save_images_steps 2000 --checkpointing_steps 1000 --checkpoints_total_limit 1 --prior_fit_iterations 100 --output_dir runs/vae-mix400-fit"
-  [gan-mnist]="training/train_gan.py --eval_data_dir ../shared/data/mnist --checkpointing_steps 3000 --logging_steps 100 --adversarial_loss hinge --spectral_norm --hidden_channels 64 --discriminator_channels 64 --num_classes 10 --mode_seeking_weight 1.0 --mixed_precision bf16 --max_train_steps 12000 --max_train_minutes 25 --save_images_steps 3000 --output_dir runs/gan-cond-ms"
+  [gan-mnist]="training/train_gan.py --eval_data_dir ../shared/data/mnist --checkpointing_steps 3000 --logging_steps 100 --adversarial_loss hinge --spectral_norm --hidden_channels 64 --discriminator_channels 64 --num_classes 10 --mode_seeking_weight 0.5 --mixed_precision bf16 --max_train_steps 12000 --max_train_minutes 25 --save_images_steps 3000 --output_dir runs/gan-cond-ms05"
   [realnvp-mnist]="training/train_realnvp.py $EVAL --logging_steps 25 --num_scales 3 --num_couplings 4 --hidden_channels 192 --max_train_steps 5000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/realnvp-mnist"
   [glow-mnist]="training/train_glow.py $EVAL --logging_steps 25 --num_steps 16 --hidden_channels 192 --coupling_log_scale tanh --max_train_steps 4000 --max_train_minutes 7.3 --use_ema --save_images_steps 1000 --output_dir runs/glow-mnist"
   [pixelcnn-mnist]="training/train_pixelcnn.py $EVAL --logging_steps 25 --hidden_channels 64 --num_layers 15 --kernel_size 5 --max_train_steps 3500 --max_train_minutes 6.6 --save_images_steps 1000 --output_dir runs/pixelcnn-mnist"
