@@ -86,6 +86,14 @@ class ImageDataset(Dataset):
         return item
 
 
+def batch_labels(labels: torch.Tensor | int, num_classes: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Class labels for a batch of `batch_size`: an int or (B,) -> (B,) int64 on `device`, each in [0, num_classes)."""
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device).expand(batch_size)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"labels must be in [0, {num_classes}), got {labels.unique().tolist()}")
+    return labels
+
+
 def to_uint8_images(images: torch.Tensor, resolution: int, num_channels: int) -> torch.Tensor:
     """(N, C, H, W) uint8 of any size and 1 or 3 channels -> (N, num_channels, resolution, resolution) uint8."""
     if images.shape[1] != num_channels:

@@ -88,14 +88,18 @@ def discretized_logistic_mixture_level_log_probs(params: torch.Tensor, num_chann
     return _log_bin_mass(levels.view(1, NUM_LEVELS, 1, 1, 1, 1), logits, means, log_scales)  # (B, 256, C, H, W)
 
 
+def gumbel_max(logits: torch.Tensor, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from softmax(logits) along `dim` by the Gumbel-max trick: logits -> int64 indices, `dim` removed."""
+    gumbel = -torch.log(-torch.log(rand(logits.shape, generator, logits.device).clamp(1e-6, 1 - 1e-6)))
+    return (logits + gumbel).argmax(dim)
+
+
 def sample_discretized_logistic_mixture(
     params: torch.Tensor, num_channels: int, num_mixtures: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Draw images from the mixture: params (B, 3 * K * C, H, W) -> (B, C, H, W) uint8."""
     logits, means, log_scales = split_mixture_params(params.float(), num_channels, num_mixtures)
-    # Pick a component per subpixel with the Gumbel-max trick.
-    gumbel = -torch.log(-torch.log(rand(logits.shape, generator, logits.device).clamp(1e-6, 1 - 1e-6)))
-    choice = F.one_hot((logits + gumbel).argmax(1), num_mixtures).permute(0, 4, 1, 2, 3).to(means.dtype)
+    choice = F.one_hot(gumbel_max(logits, 1, generator), num_mixtures).permute(0, 4, 1, 2, 3).to(means.dtype)
     mean = (means * choice).sum(1)
     log_scale = (log_scales * choice).sum(1)
     u = rand(mean.shape, generator, mean.device).clamp(1e-5, 1 - 1e-5)

@@ -43,8 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..distributions import to_uint8, to_unit_range
 from ..config import ConfigError, ImageShape, check_ranges
+from ..data import batch_labels
+from ..distributions import to_uint8, to_unit_range
 from ..errors import UserError
 from ..hub import HubModel
 
@@ -233,10 +234,7 @@ def check_labels(labels: torch.Tensor | int | None, num_classes: int, batch_size
     if labels is None:
         raise UserError(f"this GAN is conditional on {num_classes} classes and the data has no labels: "
                         "train with --num_classes 0, or on labelled data")
-    labels = torch.as_tensor(labels, dtype=torch.long, device=device).expand(batch_size)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise UserError(f"labels must be in [0, {num_classes}), got {labels.unique().tolist()}")
-    return labels
+    return batch_labels(labels, num_classes, batch_size, device)
 
 
 class Generator(HubModel, family="gan", tags=["image-generation", "generative-adversarial-network", "dcgan"]):
@@ -335,9 +333,7 @@ class Generator(HubModel, family="gan", tags=["image-generation", "generative-ad
         if labels is None:
             raise UserError("this GAN is conditional: give the two classes to interpolate between, labels=(a, b)")
         label_a, label_b = check_labels(torch.tensor(labels), self.config.num_classes, 2, device)
-        embedding_a, embedding_b = self.label_embedding.weight[label_a], self.label_embedding.weight[label_b]
-        weights = torch.linspace(0, 1, steps, device=path.device)[:, None]  # (steps, 1)
-        embeddings = (1 - weights) * embedding_a + weights * embedding_b
+        embeddings = interpolate_latents(self.label_embedding.weight[label_a], self.label_embedding.weight[label_b], steps)
         return self.render(torch.cat([path, embeddings], dim=1))
 
 
@@ -437,7 +433,7 @@ class GAN(nn.Module):
             loss = F.softplus(-fake_logits).mean()
         outputs = {"fake_logit": fake_logits.mean().detach()}
         if weight and half:
-            # [11, eq. 3]: two z's of one label should give images as far apart as the z's are; G maximizes the ratio.
+            # [10, eq. 3]: two z's of one label should give images as far apart as the z's are; G maximizes the ratio.
             image_distance = (images[:half] - images[half : 2 * half]).float().abs().mean(dim=(1, 2, 3))
             latent_distance = (z[:half] - z[half : 2 * half]).abs().mean(dim=1)
             mode_seeking = 1 / ((image_distance / latent_distance).mean() + 1e-5)

@@ -40,10 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, ImageShape, check_ranges
+from ..data import batch_labels
 from ..distributions import (
     discretized_logistic_mixture_level_log_probs,
     discretized_logistic_mixture_log_prob,
-    rand,
+    gumbel_max,
     sample_discretized_logistic_mixture,
     scale_mixture_temperature,
     to_unit_range,
@@ -182,10 +183,7 @@ class PixelCNN(HubModel, family="pixelcnn", tags=["image-generation", "autoregre
         """None, an int or (B,) labels -> (B,) int64 on `device`; None means "no label"."""
         if labels is None or self.config.num_classes == 0:
             return torch.full((batch_size,), self.no_label, dtype=torch.long, device=device)
-        labels = torch.as_tensor(labels, dtype=torch.long, device=device).expand(batch_size)
-        if labels.min() < 0 or labels.max() >= self.config.num_classes:
-            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {labels.unique().tolist()}")
-        return labels
+        return batch_labels(labels, self.config.num_classes, batch_size, device)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, C + 1, H, W) with a channel of ones that tells image from padding."""
@@ -312,8 +310,7 @@ class PixelCNN(HubModel, family="pixelcnn", tags=["image-generation", "autoregre
         log_probs = discretized_logistic_mixture_level_log_probs(params, config.num_channels, config.num_mixtures)[..., 0, 0]
         conditional, unconditional = log_probs.chunk(2)  # (B, 256, C) each
         guided = (1 + guidance_scale) * conditional - guidance_scale * unconditional
-        gumbel = -torch.log(-torch.log(rand(guided.shape, generator, guided.device).clamp(1e-6, 1 - 1e-6)))
-        return (guided + gumbel).argmax(1).to(torch.uint8).repeat(2, 1)  # Gumbel-max: a draw from softmax(guided)
+        return gumbel_max(guided, 1, generator).to(torch.uint8).repeat(2, 1)  # a draw from softmax(guided)
 
     @torch.no_grad()
     def _fill(self, canvas: torch.Tensor, first_row: int, labels: torch.Tensor, temperature: float, guidance_scale: float,
