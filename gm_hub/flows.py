@@ -196,13 +196,16 @@ class AffineCoupling(nn.Module):
     - "sigmoid": s = log sigmoid(raw + 2) - log sigmoid(2), the official Glow code's scale shifted to start
       at the identity: s < log(1 / sigmoid(2)) = 0.127, so a coupling stretches no dimension by more than
       1.13x, and an input unlike the training data cannot be blown up step after step.
+    With `max_shift`, the shift is max_shift * tanh(raw / max_shift): the identity for small shifts, never
+    beyond +-max_shift, so that the translation, too, stays bounded on inputs unlike the training data.
     """
 
-    def __init__(self, num_channels: int, hidden_channels: int, checkerboard: bool, parity: int, log_scale: str = "tanh"):
+    def __init__(self, num_channels: int, hidden_channels: int, checkerboard: bool, parity: int, log_scale: str = "tanh",
+                 max_shift: float | None = None):
         super().__init__()
         if log_scale not in COUPLING_LOG_SCALES:
             raise ValueError(f"log_scale must be one of {COUPLING_LOG_SCALES}, got {log_scale!r}")
-        self.checkerboard, self.parity, self.log_scale = checkerboard, parity, log_scale
+        self.checkerboard, self.parity, self.log_scale, self.max_shift = checkerboard, parity, log_scale, max_shift
         if checkerboard:
             # The network sees x * mask and the mask itself (a convolution can't tell kept pixels apart otherwise).
             in_channels, out_channels = num_channels + 1, num_channels
@@ -234,6 +237,8 @@ class AffineCoupling(nn.Module):
 
     def _log_scale_and_shift(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw, shift = self.net(condition).chunk(2, 1)
+        if self.max_shift is not None:
+            shift = self.max_shift * torch.tanh(shift / self.max_shift)
         if self.log_scale == "sigmoid":
             return F.logsigmoid(raw + 2.0) - SIGMOID_SCALE_AT_ZERO, shift
         return self.scale.view(1, -1, 1, 1) * torch.tanh(raw), shift

@@ -130,6 +130,12 @@ def evaluate_bits_per_dim(model, dataset: Dataset, accelerator=None, batch_size:
 
     With an accelerator, each process takes its share and the results are gathered.
     """
+    return bits_per_dim_per_item(model, dataset, accelerator, batch_size, max_items, **log_prob_kwargs).mean().item()
+
+
+def bits_per_dim_per_item(model, dataset: Dataset, accelerator=None, batch_size: int = 256, max_items: int | None = None,
+                          **log_prob_kwargs) -> torch.Tensor:
+    """Bits/dim of `model.log_prob` for each item of `dataset`, (N,): the spread behind the mean (outliers)."""
     if max_items is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(max_items, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size)
@@ -141,7 +147,7 @@ def evaluate_bits_per_dim(model, dataset: Dataset, accelerator=None, batch_size:
         images = batch["images"].to(device)
         bits = bits_per_dim(model.log_prob(images, **log_prob_kwargs), images[0].numel())
         values.append(accelerator.gather_for_metrics(bits) if accelerator is not None else bits)
-    return torch.cat(values).mean().item()
+    return torch.cat(values)
 
 
 class PixelGaussianBaseline(torch.nn.Module):

@@ -23,10 +23,14 @@ from gm_hub.hub import ConfigError
 from gm_hub.models.glow import Glow, GlowConfig
 from gm_hub.models.realnvp import RealNVP, RealNVPConfig
 from gm_hub.models.vae import VAE, VAEConfig
+from gm_hub.training import parse_args
 
 TINY_REALNVP = RealNVPConfig(resolution=8, num_scales=2, num_couplings=1, hidden_channels=8)
 TINY_GLOW = GlowConfig(resolution=8, num_levels=2, num_steps=2, hidden_channels=8)
 MODELS = {"realnvp": (RealNVP, TINY_REALNVP), "glow": (Glow, TINY_GLOW)}
+# Glow as [1] has it: centred pixels, no bound on the coupling's shift.
+VARIANTS = {**MODELS, "glow, centred, unbounded shift": (Glow, GlowConfig(**{**vars(TINY_GLOW), "logit_alpha": None,
+                                                                           "coupling_max_shift": None}))}
 SCRIPT_FLAGS = {
     "realnvp": ["--num_scales", "2", "--num_couplings", "1"],
     "glow": ["--num_levels", "2", "--num_steps", "1"],
@@ -57,7 +61,7 @@ def brute_force_log_det(function, x: torch.Tensor) -> float:
 
 
 def make_model(name: str):
-    model_class, config = MODELS[name]
+    model_class, config = VARIANTS[name]
     torch.manual_seed(0)
     return model_class(config)
 
@@ -65,7 +69,7 @@ def make_model(name: str):
 # --- invertibility and log-determinants -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_decode_inverts_encode(name):
     model = make_model(name)
     model.initialize_from_data({"images": random_images(16, model.config)})
@@ -85,6 +89,7 @@ LAYERS = {
     "channel coupling, parity 1": lambda: AffineCoupling(3, 4, checkerboard=False, parity=1),
     "checkerboard coupling, sigmoid scale": lambda: AffineCoupling(2, 4, checkerboard=True, parity=0, log_scale="sigmoid"),
     "channel coupling, sigmoid scale": lambda: AffineCoupling(3, 4, checkerboard=False, parity=1, log_scale="sigmoid"),
+    "channel coupling, bounded shift": lambda: AffineCoupling(3, 4, checkerboard=False, parity=0, max_shift=0.2),
     "squeeze": Squeeze,
     "act-norm": lambda: ActNorm(3),
     "1x1 convolution (LU)": lambda: InvertibleConv1x1(3),
@@ -130,9 +135,30 @@ def test_a_sigmoid_scaled_coupling_stretches_at_most_1_13x_a_tanh_scaled_one_wit
         assert bool((log_det <= bound).all()) == (log_scale == "sigmoid")
 
 
-@pytest.mark.parametrize("name", MODELS)
+def test_a_bounded_shift_moves_no_dimension_further_than_its_bound():
+    x = 100 * torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(0))  # far from any training data
+    for max_shift in (2.0, None):
+        torch.manual_seed(0)
+        coupling = perturb(AffineCoupling(4, 8, checkerboard=False, parity=0, log_scale="sigmoid", max_shift=max_shift),
+                           scale=3.0)
+        with torch.no_grad():
+            y = coupling(x)[0]
+            log_s = coupling._log_scale_and_shift(x[:, :2])[0]
+        shift = y[:, 2:] - x[:, 2:] * torch.exp(log_s)  # what is left of y_b = x_b exp(s) + t
+        assert torch.equal(y[:, :2], x[:, :2])
+        assert bool((shift.abs() <= 2.0 + 1e-4).all()) == (max_shift is not None)
+
+
+def test_optional_numbers_take_none_on_the_command_line():
+    (config,) = parse_args([GlowConfig], ["--logit_alpha", "none", "--coupling_max_shift", "3"])
+    assert config.logit_alpha is None and config.coupling_max_shift == 3.0
+    (config,) = parse_args([GlowConfig], ["--coupling_max_shift", "None"])
+    assert config.coupling_max_shift is None and config.logit_alpha == GlowConfig.logit_alpha
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_whole_flow_log_det_matches_brute_force_jacobian(name):
-    model_class, config = MODELS[name]
+    model_class, config = VARIANTS[name]
     torch.manual_seed(0)
     model = perturb(model_class(type(config)(**{**vars(config), "resolution": 4})), scale=0.1).double()
     y = torch.rand(1, 1, 4, 4, dtype=torch.float64)
@@ -164,15 +190,24 @@ def test_radial_flow_stays_invertible_for_any_parameters():
 # --- likelihood on the 8-bit scale ------------------------------------------------------------------------
 
 
-def test_log_prob_counts_the_pixel_scale_change_of_variables():
-    # A fresh Glow is a rotation of y - 1/2 (couplings and split priors start at the identity, act-norm is
-    # the identity, the 1x1 convolutions are orthogonal): log p(x + u) = log N(y - 1/2) - D log 256.
-    model = make_model("glow")
+@pytest.mark.parametrize("name", ["glow", "glow, centred, unbounded shift"])
+def test_log_prob_counts_the_pixel_scale_change_of_variables(name):
+    # A fresh Glow is a rotation of its preprocessed input h (couplings and split priors start at the identity,
+    # act-norm is the identity, the 1x1 convolutions are orthogonal): log p(x + u) = log N(h) + log|dh/dy| - D log 256,
+    # with h = y - 1/2 or h = logit(s), s = alpha + (1 - 2 alpha) y.
+    model = make_model(name)
     images = random_images(4, model.config)
     log_prob = model.log_prob(images, generator=torch.Generator().manual_seed(3))
     y, _ = dequantize(images, torch.Generator().manual_seed(3))
     num_dims = y[0].numel()
-    expected = -0.5 * ((y - 0.5) ** 2).flatten(1).sum(1) - num_dims * (0.5 * math.log(2 * math.pi) + math.log(256))
+    alpha = model.config.logit_alpha
+    if alpha is None:
+        h, log_dh_dy = y - 0.5, 0.0
+    else:
+        s = alpha + (1 - 2 * alpha) * y
+        h, log_dh_dy = torch.log(s / (1 - s)), torch.log((1 - 2 * alpha) / (s * (1 - s))).flatten(1).sum(1)
+    expected = (-0.5 * (h**2).flatten(1).sum(1) + log_dh_dy
+                - num_dims * (0.5 * math.log(2 * math.pi) + math.log(256)))
     assert torch.allclose(log_prob, expected, atol=1e-3)
     outputs = model({"images": images})
     assert outputs["bits_per_dim"].item() == pytest.approx(outputs["loss"].item() / math.log(2), rel=1e-6)
@@ -231,7 +266,7 @@ def test_interpolation_ends_at_the_images(name):
 @pytest.mark.parametrize("config_class, field, value", [
     (RealNVPConfig, "resolution", 27), (RealNVPConfig, "num_couplings", 0), (RealNVPConfig, "logit_alpha", 0.5),
     (GlowConfig, "resolution", 30), (GlowConfig, "num_steps", 0), (GlowConfig, "num_channels", 2),
-    (GlowConfig, "coupling_log_scale", "exp"),
+    (GlowConfig, "coupling_log_scale", "exp"), (GlowConfig, "logit_alpha", 0.5), (GlowConfig, "coupling_max_shift", 0.0),
     (VAEConfig, "flow_type", "sylvester"),
 ])
 def test_bad_config_is_refused_with_the_field_name(config_class, field, value):

@@ -13,6 +13,7 @@ from gm_hub.metrics import (
     classifier_fid,
     conditional_metrics,
     confident_share,
+    bits_per_dim_per_item,
     dequantized_bits_per_dim,
     evaluate_bits_per_dim,
     evaluate_model,
@@ -42,6 +43,21 @@ def test_uniform_model_over_256_levels_has_exactly_8_bits_per_dim():
     assert evaluate_bits_per_dim(UniformModel(), dataset, batch_size=3) == 8.0
     # The same model as a density on [0, 1)^D (flows' convention): log p = 0.
     assert dequantized_bits_per_dim(torch.zeros(4), 784).tolist() == [8.0] * 4
+
+
+class BrightnessModel(torch.nn.Module):
+    """A made-up log-likelihood that falls with each image's total brightness, so every item differs."""
+
+    def log_prob(self, images):
+        return -images.flatten(1).double().sum(1)
+
+
+def test_bits_per_dim_per_item_keeps_each_item_in_order_and_averages_to_the_mean():
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dataset = ImageDataset(images)
+    bits = bits_per_dim_per_item(BrightnessModel(), dataset, batch_size=3)
+    assert torch.allclose(bits, images.flatten(1).double().sum(1) / (16 * math.log(2)))
+    assert evaluate_bits_per_dim(BrightnessModel(), dataset, batch_size=4) == pytest.approx(bits.mean().item())
 
 
 def test_frechet_distance_matches_scipy_sqrtm():

@@ -245,3 +245,18 @@ def test_finalize_stage_refits_the_vae_prior_before_saving(tmp_path):
     assert all(torch.equal(plain[k], fit[k]) for k in plain if not k.startswith("prior."))
     assert not torch.equal(plain["prior.means"], fit["prior.means"])
     assert "--prior_fit_iterations 10" in read_card(tmp_path / "fit")[0]["gm_hub"]["training_command"]
+
+
+@pytest.mark.parametrize("threads, cores, processes, warned", [(1, 2, 1, True), (2, 2, 1, False), (1, 2, 2, False),
+                                                               (1, 8, 2, True)])
+def test_a_cpu_run_that_leaves_cores_idle_says_which_flag_uses_them(threads, cores, processes, warned, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from gm_hub.training import warn_idle_cpu_cores
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, num_processes=processes)
+    with caplog.at_level("WARNING", logger="gm_hub.training"):
+        warn_idle_cpu_cores(accelerator)
+    assert (f"--num_cpu_threads_per_process {cores // processes}" in caplog.text) == warned
