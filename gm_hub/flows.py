@@ -11,8 +11,9 @@ takes its data-dependent initialization only inside `data_dependent_init`, never
 (which would re-initialize a loaded model).
 
 `ImageFlow` is the model both image flows are: a `HubModel` with the density, the loss, act-norm's
-initialization, temperature sampling and interpolation written once; RealNVP and Glow add only their network
-and the maps `encode_with_log_det(y)` and `decode(z)` between dequantized pixels and the latent.
+initialization, temperature sampling, interpolation and the maps between dequantized pixels and the latent
+(`encode_with_log_det(y)`, `decode(z)`) written once; RealNVP and Glow add only their network and their input
+transform (the logit, or centring).
 
 The VAE's posterior flows act on vectors with parameters the encoder predicts (amortized): planar and radial
 flows [3, section 4.1, appendix A].
@@ -349,10 +350,13 @@ class MultiScaleFlow(nn.Module):
 class ImageFlow(HubModel):
     """A normalizing flow over 8-bit images: exact log-density of dequantized pixels, temperature sampling.
 
-    A subclass keeps its own `__init__(self, config)` (the type hint names its config class), builds its
-    network there, and defines `encode_with_log_det(y) -> (z, log_det)` and its inverse `decode(z)`; the
-    config has `num_channels` and `resolution`.
+    A subclass keeps its own `__init__(self, config)` (the type hint names its config class) and builds there
+    `flow`, its network, and `logit`, the map from dequantized pixels y to the network's input: a
+    `LogitTransform`, or None for centring, y - 1/2. The config has `num_channels` and `resolution`.
     """
+
+    flow: MultiScaleFlow
+    logit: LogitTransform | None
 
     @property
     def device(self) -> torch.device:
@@ -364,11 +368,17 @@ class ImageFlow(HubModel):
 
     def encode_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized images y = (x + u) / 256 in [0, 1), (B, C, H, W) -> z (B, D), log|det dz/dy| (B,)."""
-        raise NotImplementedError
+        if self.logit is None:
+            h, input_log_det = y - 0.5, 0.0  # centring has log-det 0
+        else:
+            h, input_log_det = self.logit(y)
+        z, flow_log_det = self.flow(h)
+        return z, input_log_det + flow_log_det
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents z (B, D) -> y (B, C, H, W), the inverse of `encode`."""
-        raise NotImplementedError
+        """Latents z (B, D) -> y (B, C, H, W), the inverse of `encode` (in [0, 1) for z from the model)."""
+        h = self.flow.inverse(z)
+        return h + 0.5 if self.logit is None else self.logit.inverse(h)
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         """Dequantized images y = (x + u) / 256 in [0, 1), float (B, C, H, W) -> latents z (B, D)."""

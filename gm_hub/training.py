@@ -441,7 +441,7 @@ def warn_idle_cpu_cores(accelerator: Accelerator) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads_per_process = max(1, cores // accelerator.num_processes)
     if torch.get_num_threads() < threads_per_process:
-        logger.warning("training on %d CPU thread(s) per process with %d cores free: pass "
+        logger.warning("training on %d CPU thread(s) per process of %d cores: pass "
                        "--num_cpu_threads_per_process %d to `accelerate launch` (or set OMP_NUM_THREADS)",
                        torch.get_num_threads(), cores, threads_per_process)
 

@@ -17,8 +17,8 @@ space (1.72 against 2.12 test bits/dim after 4 CPU minutes); the coupling's log-
 start at the identity, and its shift is bounded too, so that no test digit's density overflows; the coupling
 networks have no act-norm inside; the top prior is a fixed standard normal.
 
-The density, the loss, sampling and interpolation are `gm_hub.flows.ImageFlow`'s, shared with RealNVP; this
-file is the network and the maps between pixels and the latent.
+The density, the loss, sampling, interpolation and the maps between pixels and the latent are
+`gm_hub.flows.ImageFlow`'s, shared with RealNVP; this file is the network and its input transform.
 
 [1] Kingma & Dhariwal, Glow: Generative Flow with Invertible 1x1 Convolutions, 2018. https://arxiv.org/abs/1807.03039
 [2] Theis, van den Oord & Bethge, A note on the evaluation of generative models, 2016. https://arxiv.org/abs/1511.01844
@@ -26,8 +26,6 @@ file is the network and the maps between pixels and the latent.
 """
 
 from dataclasses import dataclass
-
-import torch
 
 from ..config import ConfigError, ImageShape, check_ranges
 from ..flows import (COUPLING_LOG_SCALES, ActNorm, AffineCoupling, ImageFlow, InvertibleConv1x1, LogitTransform,
@@ -87,16 +85,3 @@ class Glow(ImageFlow, family="flow", tags=["image-generation", "normalizing-flow
         shape = (config.num_channels, config.resolution, config.resolution)
         self.flow = MultiScaleFlow(shape, scales, splits)
         self.logit = LogitTransform(config.logit_alpha) if config.logit_alpha is not None else None
-
-    def encode_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dequantized images y = (x + u) / 256 in [0, 1), (B, C, H, W) -> z (B, D), log|det dz/dy| (B,)."""
-        if self.logit is None:
-            return self.flow(y - 0.5)  # centring has log-det 0
-        h, logit_log_det = self.logit(y)
-        z, flow_log_det = self.flow(h)
-        return z, logit_log_det + flow_log_det
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents z (B, D) -> y (B, C, H, W), the inverse of `encode`."""
-        h = self.flow.inverse(z)
-        return h + 0.5 if self.logit is None else self.logit.inverse(h)

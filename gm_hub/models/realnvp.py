@@ -12,8 +12,8 @@ Departures from [1]: act-norm (Glow [3]) with data-dependent initialization stan
 each coupling (exact, deterministic in eval mode, and device-agnostic); the coupling networks are three
 plain convolutions rather than ResNets, which trains fast on a CPU.
 
-The density, the loss, sampling and interpolation are `gm_hub.flows.ImageFlow`'s, shared with Glow; this
-file is the network and the maps between pixels and the latent.
+The density, the loss, sampling, interpolation and the maps between pixels and the latent are
+`gm_hub.flows.ImageFlow`'s, shared with Glow; this file is the network and its input transform.
 
 [1] Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP, 2017. https://arxiv.org/abs/1605.08803
 [2] Theis, van den Oord & Bethge, A note on the evaluation of generative models, 2016. https://arxiv.org/abs/1511.01844
@@ -21,8 +21,6 @@ file is the network and the maps between pixels and the latent.
 """
 
 from dataclasses import dataclass
-
-import torch
 
 from ..config import ConfigError, ImageShape, check_ranges
 from ..flows import ActNorm, AffineCoupling, ImageFlow, LogitTransform, MultiScaleFlow, Split, Squeeze
@@ -69,13 +67,3 @@ class RealNVP(ImageFlow, family="flow", tags=["image-generation", "normalizing-f
             scales.append(layers)
         shape = (config.num_channels, config.resolution, config.resolution)
         self.flow = MultiScaleFlow(shape, scales, splits)
-
-    def encode_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dequantized images y = (x + u) / 256 in [0, 1), (B, C, H, W) -> z (B, D), log|det dz/dy| (B,)."""
-        h, logit_log_det = self.logit(y)
-        z, flow_log_det = self.flow(h)
-        return z, logit_log_det + flow_log_det
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents z (B, D) -> y (B, C, H, W), the inverse of `encode` (in [0, 1) for z from the model)."""
-        return self.logit.inverse(self.flow.inverse(z))
