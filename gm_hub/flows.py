@@ -3,7 +3,9 @@
 Image layers map data towards the latent in `forward(x) -> (y, log_det)` and back in `inverse(y) -> x`;
 `log_det` is log|det dy/dx| per example, (B,) in nats. A flow over 8-bit images starts from dequantized
 pixels y = (x + u) / 256, u ~ U[0, 1)^D (`dequantize`); E_u[log p(y)] - D log 256 is then a lower bound on
-the discrete log P(x) (Theis et al. [4]), and bits/dim computed from it compare with discrete models.
+the discrete log P(x) (Theis et al. [4]), and bits/dim computed from it compare with discrete models. With
+variational dequantization [5] (`dequantization="variational"`), u ~ q(u | x) is learned with the flow and
+E_q[log p(y) - log q(u | x)] - D log 256 is the bound: tighter, since q can put the noise where p is high.
 
 The latent of a multi-scale flow [1, section 3.6] is one flat (B, D) tensor: the halves factored out at each
 scale, then the last scale's output (`MultiScaleFlow`). Act-norm [2, section 3.1] starts as the identity and
@@ -22,17 +24,21 @@ flows [3, section 4.1, appendix A].
 [2] Kingma & Dhariwal, Glow: Generative Flow with Invertible 1x1 Convolutions, 2018. https://arxiv.org/abs/1807.03039
 [3] Rezende & Mohamed, Variational Inference with Normalizing Flows, 2015. https://arxiv.org/abs/1505.05770
 [4] Theis, van den Oord & Bethge, A note on the evaluation of generative models, 2016. https://arxiv.org/abs/1511.01844
+[5] Ho et al., Flow++: Improving Flow-Based Generative Models with Variational Dequantization and Architecture
+    Design, 2019. https://arxiv.org/abs/1902.00275
 """
 
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributions import NUM_LEVELS, rand, randn
+from .config import ConfigError, ImageShape, check_ranges
+from .distributions import NUM_LEVELS, rand, randn, to_unit_range
 from .hub import HubModel
 
 INIT_SEED = 0  # the dequantization noise of the data-dependent initialization: the same on every process
@@ -40,13 +46,66 @@ INIT_SEED = 0  # the dequantization noise of the data-dependent initialization: 
 # --- 8-bit pixels <-> the flow's continuous input ---------------------------------------------------------
 
 
-def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, C, H, W) -> y = (x + u) / 256 in [0, 1), u ~ U[0, 1), and the log-det of v = x + u -> y,
-    -D log 256 (B,): it turns a density over y into one over the [0, 256) pixel scale."""
-    noise = rand(tuple(images.shape), generator, images.device)
+DEQUANTIZATIONS = ("uniform", "variational")
+
+
+@dataclass
+class ImageFlowConfig(ImageShape):
+    """What every image flow's config has besides its network: how 8-bit pixels become continuous."""
+
+    # "uniform": u ~ U[0, 1)^D [4]; "variational": u ~ q(u | x), learned with the flow [5]
+    dequantization: str = "uniform"
+    dequantizer_channels: int = 32  # width of q(u | x)'s network ("variational" only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, ("dequantizer_channels", 1, 1024))
+        if self.dequantization not in DEQUANTIZATIONS:
+            raise ConfigError(f"dequantization must be one of {DEQUANTIZATIONS}, got {self.dequantization!r}")
+
+
+def dequantize(images: torch.Tensor, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, C, H, W) -> y = (x + u) / 256 in [0, 1], with u = `noise` or u ~ U[0, 1), and the log-det of
+    v = x + u -> y, -D log 256 (B,): it turns a density over y into one over the [0, 256) pixel scale."""
+    if noise is None:
+        noise = rand(tuple(images.shape), generator, images.device)
     y = (images.float() + noise) / NUM_LEVELS
     log_det = torch.full((len(images),), -images[0].numel() * math.log(NUM_LEVELS), device=images.device)
     return y, log_det
+
+
+class VariationalDequantizer(nn.Module):
+    """q(u | x) over u in (0, 1)^D: u = sigmoid(m + s e), e ~ N(0, I), with the mean m and log-scale log s of
+    every subpixel from a small convolutional network of the image. Flow++ [5] uses a conditional flow for q;
+    this logit-normal is its simplest case, and already lets q follow the model's density inside each bin."""
+
+    def __init__(self, num_channels: int, hidden_channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(num_channels, hidden_channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden_channels, 2 * num_channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)  # starts as u = sigmoid(e) for every image, close to uniform
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, C, H, W) -> noise u (B, C, H, W) in (0, 1), log q(u | x) (B,) in nats."""
+        mean, log_scale = self.net(to_unit_range(images)).chunk(2, dim=1)
+        log_scale = log_scale.clamp(-7.0, 5.0)  # keeps q a proper, finite density
+        normal = randn(tuple(mean.shape), generator, images.device)
+        h = mean + torch.exp(log_scale) * normal
+        # log q(u) = log N(h; m, s^2) + log|dh/du|, with dh/du = 1 / (u (1 - u)) = 1 / (sigmoid(h) sigmoid(-h))
+        log_q = -0.5 * normal**2 - 0.5 * math.log(2 * math.pi) - log_scale - F.logsigmoid(h) - F.logsigmoid(-h)
+        return torch.sigmoid(h), _sum_per_example(log_q)
+
+
+def make_dequantizer(config: ImageFlowConfig) -> VariationalDequantizer | None:
+    """The flow's learned dequantizer, or None for uniform noise."""
+    if config.dequantization == "uniform":
+        return None
+    return VariationalDequantizer(config.num_channels, config.dequantizer_channels)
 
 
 def quantize(y: torch.Tensor) -> torch.Tensor:
@@ -351,12 +410,14 @@ class ImageFlow(HubModel):
     """A normalizing flow over 8-bit images: exact log-density of dequantized pixels, temperature sampling.
 
     A subclass keeps its own `__init__(self, config)` (the type hint names its config class) and builds there
-    `flow`, its network, and `logit`, the map from dequantized pixels y to the network's input: a
-    `LogitTransform`, or None for centring, y - 1/2. The config has `num_channels` and `resolution`.
+    `flow`, its network; `logit`, the map from dequantized pixels y to the network's input: a
+    `LogitTransform`, or None for centring, y - 1/2; and `dequantizer`, `make_dequantizer(config)`. The config
+    is an `ImageFlowConfig`.
     """
 
     flow: MultiScaleFlow
     logit: LogitTransform | None
+    dequantizer: VariationalDequantizer | None
 
     @property
     def device(self) -> torch.device:
@@ -385,14 +446,21 @@ class ImageFlow(HubModel):
         return self.encode_with_log_det(y)[0]
 
     def log_prob(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """log p(x + u) in nats for one u ~ U[0, 1)^D on the [0, 256) pixel scale: uint8 (B, C, H, W) -> (B,).
+        """log p(x + u) in nats for one u ~ U[0, 1)^D on the [0, 256) pixel scale: uint8 (B, C, H, W) -> (B,);
+        with variational dequantization, log p(x + u) - log q(u | x) for one u ~ q(u | x).
 
-        Exact for the dequantized data; with uniform dequantization its mean over u is a lower bound on the
-        discrete log P(x) [4], so bits/dim from it are an upper bound.
+        Exact for the dequantized data; its mean over u is a lower bound on the discrete log P(x) [4, 5], so
+        bits/dim from it are an upper bound.
         """
-        y, scaling_log_det = dequantize(images.to(self.device), generator)
+        images = images.to(self.device)
+        if self.dequantizer is None:
+            y, scaling_log_det = dequantize(images, generator)
+            log_q = 0.0
+        else:
+            noise, log_q = self.dequantizer(images, generator)
+            y, scaling_log_det = dequantize(images, noise=noise)
         z, log_det = self.encode_with_log_det(y)
-        return standard_normal_log_prob(z) + log_det + scaling_log_det
+        return standard_normal_log_prob(z) + log_det + scaling_log_det - log_q
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Negative log-likelihood per dimension in nats ("loss") and in bits ("bits_per_dim")."""

@@ -17,6 +17,7 @@ from gm_hub.flows import (
     RadialFlow,
     Split,
     Squeeze,
+    VariationalDequantizer,
     dequantize,
 )
 from gm_hub.hub import ConfigError
@@ -31,6 +32,10 @@ MODELS = {"realnvp": (RealNVP, TINY_REALNVP), "glow": (Glow, TINY_GLOW)}
 # Glow as [1] has it: centred pixels, no bound on the coupling's shift.
 VARIANTS = {**MODELS, "glow, centred, unbounded shift": (Glow, GlowConfig(**{**vars(TINY_GLOW), "logit_alpha": None,
                                                                            "coupling_max_shift": None}))}
+# Flow++'s learned noise in place of uniform noise.
+VARIATIONAL = {"realnvp, variational": (RealNVP, RealNVPConfig(**{**vars(TINY_REALNVP), "dequantization": "variational"})),
+               "glow, variational": (Glow, GlowConfig(**{**vars(TINY_GLOW), "dequantization": "variational",
+                                                         "dequantizer_channels": 4}))}
 SCRIPT_FLAGS = {
     "realnvp": ["--num_scales", "2", "--num_couplings", "1"],
     "glow": ["--num_levels", "2", "--num_steps", "1"],
@@ -61,7 +66,7 @@ def brute_force_log_det(function, x: torch.Tensor) -> float:
 
 
 def make_model(name: str):
-    model_class, config = VARIANTS[name]
+    model_class, config = {**VARIANTS, **VARIATIONAL}[name]
     torch.manual_seed(0)
     return model_class(config)
 
@@ -190,15 +195,22 @@ def test_radial_flow_stays_invertible_for_any_parameters():
 # --- likelihood on the 8-bit scale ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["glow", "glow, centred, unbounded shift"])
+@pytest.mark.parametrize("name", ["glow", "glow, centred, unbounded shift", "glow, variational"])
 def test_log_prob_counts_the_pixel_scale_change_of_variables(name):
     # A fresh Glow is a rotation of its preprocessed input h (couplings and split priors start at the identity,
     # act-norm is the identity, the 1x1 convolutions are orthogonal): log p(x + u) = log N(h) + log|dh/dy| - D log 256,
-    # with h = y - 1/2 or h = logit(s), s = alpha + (1 - 2 alpha) y.
+    # with h = y - 1/2 or h = logit(s), s = alpha + (1 - 2 alpha) y; learned noise subtracts log q(u | x).
     model = make_model(name)
     images = random_images(4, model.config)
+    if model.dequantizer is None:
+        y, _ = dequantize(images, torch.Generator().manual_seed(3))
+        log_q = 0.0
+    else:
+        perturb(model.dequantizer)  # noise that depends on the image
+        with torch.no_grad():
+            noise, log_q = model.dequantizer(images, torch.Generator().manual_seed(3))
+        y = (images.float() + noise) / 256
     log_prob = model.log_prob(images, generator=torch.Generator().manual_seed(3))
-    y, _ = dequantize(images, torch.Generator().manual_seed(3))
     num_dims = y[0].numel()
     alpha = model.config.logit_alpha
     if alpha is None:
@@ -207,10 +219,47 @@ def test_log_prob_counts_the_pixel_scale_change_of_variables(name):
         s = alpha + (1 - 2 * alpha) * y
         h, log_dh_dy = torch.log(s / (1 - s)), torch.log((1 - 2 * alpha) / (s * (1 - s))).flatten(1).sum(1)
     expected = (-0.5 * (h**2).flatten(1).sum(1) + log_dh_dy
-                - num_dims * (0.5 * math.log(2 * math.pi) + math.log(256)))
+                - num_dims * (0.5 * math.log(2 * math.pi) + math.log(256)) - log_q)
     assert torch.allclose(log_prob, expected, atol=1e-3)
     outputs = model({"images": images})
     assert outputs["bits_per_dim"].item() == pytest.approx(outputs["loss"].item() / math.log(2), rel=1e-6)
+
+
+def test_variational_noise_has_the_logit_normal_density_of_its_network():
+    torch.manual_seed(0)
+    dequantizer = perturb(VariationalDequantizer(num_channels=3, hidden_channels=8), scale=0.1)
+    images = random_images(5, GlowConfig(resolution=8, num_channels=3))
+    with torch.no_grad():
+        noise, log_q = dequantizer(images, torch.Generator().manual_seed(1))
+        mean, log_scale = dequantizer.net(images.float() / 127.5 - 1).double().chunk(2, dim=1)
+    assert noise.shape == images.shape and ((noise > 0) & (noise < 1)).all()
+    assert noise.std(0).mean() > 0.05  # each image draws its own noise
+    u = noise.double()
+    h = torch.log(u) - torch.log1p(-u)  # u = sigmoid(h), h ~ N(mean, scale^2)
+    expected = torch.distributions.Normal(mean, log_scale.exp()).log_prob(h) - torch.log(u * (1 - u))
+    torch.testing.assert_close(log_q.double(), expected.flatten(1).sum(1), rtol=1e-4, atol=1e-2)
+    again, _ = dequantizer(images, torch.Generator().manual_seed(1))
+    assert torch.equal(again, noise)
+
+
+def test_learning_the_noise_alone_tightens_the_bound():
+    model = make_model("glow, variational")
+    images = random_images(8, model.config)
+    model.initialize_from_data({"images": images})
+    perturb(model.flow, scale=0.05)
+
+    def bound() -> float:  # the mean over 20 fixed draws of the noise
+        with torch.no_grad():
+            return torch.stack([model.log_prob(images, torch.Generator().manual_seed(seed)) for seed in range(20)]).mean().item()
+
+    before = bound()
+    optimizer = torch.optim.Adam(model.dequantizer.parameters(), lr=1e-2)
+    for step in range(40):
+        loss = -model.log_prob(images, torch.Generator().manual_seed(100 + step)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert bound() > before + 1.0  # nats per 64-pixel image (11 when written)
 
 
 # --- act-norm's data-dependent initialization -------------------------------------------------------------
@@ -232,7 +281,7 @@ def test_act_norm_after_initialize_from_data_is_normalized(name):
     assert not any(norm.initializing for norm in norms)  # a later forward never initializes again
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [*MODELS, *VARIATIONAL])
 def test_save_and_load_keeps_weights_and_samples(name, tmp_path):
     model = make_model(name)
     model.initialize_from_data({"images": random_images(16, model.config)})
@@ -246,6 +295,10 @@ def test_save_and_load_keeps_weights_and_samples(name, tmp_path):
     loaded.log_prob(random_images(8, model.config, seed=2))
     for key, value in loaded.state_dict().items():
         assert torch.equal(before[key], value), key
+    images = random_images(4, model.config, seed=3)
+    with torch.no_grad():  # the same density, and for learned noise the same q(u | x)
+        expected = model.log_prob(images, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(loaded.log_prob(images, generator=torch.Generator().manual_seed(7)), expected)
     samples = model.sample(6, generator=torch.Generator().manual_seed(0))
     assert samples.dtype == torch.uint8 and samples.shape == (6, 1, 8, 8)
     assert torch.equal(samples, loaded.sample(6, generator=torch.Generator().manual_seed(0)))
@@ -267,6 +320,7 @@ def test_interpolation_ends_at_the_images(name):
     (RealNVPConfig, "resolution", 27), (RealNVPConfig, "num_couplings", 0), (RealNVPConfig, "logit_alpha", 0.5),
     (GlowConfig, "resolution", 30), (GlowConfig, "num_steps", 0), (GlowConfig, "num_channels", 2),
     (GlowConfig, "coupling_log_scale", "exp"), (GlowConfig, "logit_alpha", 0.5), (GlowConfig, "coupling_max_shift", 0.0),
+    (GlowConfig, "dequantization", "gaussian"), (RealNVPConfig, "dequantizer_channels", 0),
     (VAEConfig, "flow_type", "sylvester"),
 ])
 def test_bad_config_is_refused_with_the_field_name(config_class, field, value):
@@ -288,15 +342,18 @@ def test_vae_with_radial_flows_trains_a_step():
 # --- the training scripts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, num_processes", [("realnvp", 1), ("glow", 2)])
-def test_training_script_initializes_from_data_trains_and_the_folder_samples(name, num_processes, tmp_path):
+@pytest.mark.parametrize("name, num_processes, dequantization", [("realnvp", 1, "uniform"), ("glow", 2, "uniform"),
+                                                                 ("realnvp", 1, "variational")])
+def test_training_script_initializes_from_data_trains_and_the_folder_samples(name, num_processes, dequantization, tmp_path):
     # The loop calls initialize_from_data once, on every process, with the same batch; a learning rate of
     # ~0 leaves act-norm where that initialization put them, and the replicas must agree.
-    flags = [*SCRIPT_FLAGS[name], *COMMON_FLAGS, "--learning_rate", "1e-12", "--output_dir", str(tmp_path)]
+    flags = [*SCRIPT_FLAGS[name], *COMMON_FLAGS, "--learning_rate", "1e-12", "--output_dir", str(tmp_path),
+             "--dequantization", dequantization]
     run_script(f"train_{name}.py", flags, num_processes=num_processes)
     checksums = json.loads((tmp_path / "logs" / "run.json").read_text())["replica_checksums"]
     assert len(checksums) == num_processes and len(set(checksums)) == 1
     model = MODELS[name][0].from_pretrained(tmp_path)
+    assert (model.dequantizer is not None) == (dequantization == "variational")
     log_scales = torch.cat([m.log_scale.flatten() for m in model.modules() if isinstance(m, ActNorm)])
     assert log_scales.abs().max().item() > 0.1, "act-norm was not initialized from data"
     samples = model.sample(3, generator=torch.Generator().manual_seed(0))

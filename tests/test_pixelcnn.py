@@ -45,22 +45,24 @@ def test_each_pixel_depends_on_every_earlier_pixel_in_its_receptive_field_and_no
     assert all(r * 8 + c < row * 8 + column for r, c in seen)
 
 
-def test_the_sampler_kernels_compute_the_training_network():
-    model = tiny_model(num_classes=10)
+@pytest.mark.parametrize("output_head, num_outputs", [("softmax", 256), ("mixture", 3 * 2)])
+def test_the_sampler_kernels_compute_the_training_network(output_head, num_outputs):
+    model = tiny_model(num_classes=10, output_head=output_head)
     images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     labels = torch.tensor([0, 9, model.no_label])
     with torch.no_grad():
         full = model.network(to_unit_range(images), labels)
         stepwise = model.stepwise_params(images, labels)
-    assert full.shape == stepwise.shape == (3, 3 * 2 * 1, 8, 8)
+    assert full.shape == stepwise.shape == (3, num_outputs, 8, 8)
     torch.testing.assert_close(stepwise, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("output_head", ["softmax", "mixture"])
 @pytest.mark.parametrize("label, temperature, num_channels, guidance_scale", [
     (None, 1.0, 1, 0.0), (7, 1.0, 1, 0.0), (2, 0.7, 1, 0.0), (None, 1.3, 3, 0.0), (4, 1.0, 1, 2.0), (1, 0.8, 3, 0.5),
 ])
-def test_cached_and_naive_sampling_give_identical_images(label, temperature, num_channels, guidance_scale):
-    model = tiny_model(resolution=6, num_channels=num_channels, num_layers=2, num_mixtures=3)
+def test_cached_and_naive_sampling_give_identical_images(label, temperature, num_channels, guidance_scale, output_head):
+    model = tiny_model(resolution=6, num_channels=num_channels, num_layers=2, num_mixtures=3, output_head=output_head)
     options = dict(label=label, temperature=temperature, guidance_scale=guidance_scale)
     for seed in range(2):
         cached = model.sample(6, torch.Generator().manual_seed(seed), **options)
@@ -79,7 +81,7 @@ def logistic_mixture_level_probabilities(logits, means, log_scales) -> torch.Ten
 
 
 def test_guided_pixels_follow_the_renormalized_guided_distribution():
-    model = tiny_model(num_classes=10)
+    model = tiny_model(num_classes=10, output_head="mixture")
     conditional = ([0.5, -0.5], [0.0, 0.05], [-3.5, -4.0])  # logits, means, log-scales of K = 2 components
     unconditional = ([0.0, 0.0], [-0.03, 0.02], [-3.0, -3.0])
     draws = 20_000
@@ -99,6 +101,27 @@ def test_guided_pixels_follow_the_renormalized_guided_distribution():
         model.sample(2, label=3, guidance_scale=-1.0)
 
 
+@pytest.mark.parametrize("temperature, guidance_scale", [(1.0, 0.0), (0.5, 0.0), (1.0, 1.5), (0.7, 2.0)])
+def test_softmax_pixels_follow_the_tempered_and_guided_softmax(temperature, guidance_scale):
+    model = tiny_model(num_classes=10)
+    draws = 20_000
+    generator = torch.Generator().manual_seed(0)
+    conditional, unconditional = torch.randn(256, generator=generator) * 2, torch.randn(256, generator=generator) * 2
+    params = torch.stack([conditional, unconditional]).repeat_interleave(draws, 0)  # (2N, 256) logits
+    if not guidance_scale:
+        params = params[:draws]
+    pixels = model._draw(params, temperature, guidance_scale, generator)
+    p_conditional, p_unconditional = (logits.double().div(temperature).softmax(0) for logits in (conditional, unconditional))
+    guided = p_conditional ** (1 + guidance_scale) / p_unconditional**guidance_scale
+    expected = guided / guided.sum()
+    found = torch.bincount(pixels[:draws, 0].long(), minlength=256).double() / draws
+    assert (found - expected).abs().sum() / 2 < 0.06  # total variation; sampling noise over 256 values is ~0.04
+    if temperature != 1.0 or guidance_scale:
+        assert (conditional.double().softmax(0) - expected).abs().sum() / 2 > 0.15  # the setting did move it
+    with pytest.raises(ValueError, match="temperature must be"):
+        model.sample(2, temperature=0.0)
+
+
 def test_label_changes_the_samples_and_bad_labels_are_refused():
     model = tiny_model()
     with torch.no_grad():
@@ -114,8 +137,22 @@ def test_label_changes_the_samples_and_bad_labels_are_refused():
         model.sample(2, method="fast")
 
 
-def test_log_prob_of_a_known_head_is_the_analytic_mixture():
+def test_log_prob_of_a_known_head_is_the_analytic_softmax():
     model = tiny_model()
+    logits = torch.randn(256, dtype=torch.float64)
+    with torch.no_grad():
+        model.head_out.weight.zero_()  # every pixel gets the same, known distribution over the 256 values
+        model.head_out.bias.copy_(logits)
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    expected = logits.log_softmax(0)[images.long()].flatten(1).sum(1).float()
+    torch.testing.assert_close(model.log_prob(images), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(model.log_prob(images, labels=4), expected, rtol=1e-5, atol=1e-3)
+    outputs = model({"images": images, "labels": torch.tensor([1, 2, 3])})
+    assert outputs["loss"].item() == pytest.approx(-expected.mean().item() / 64, rel=1e-5)
+
+
+def test_log_prob_of_a_known_head_is_the_analytic_mixture():
+    model = tiny_model(output_head="mixture")
     logits, means, log_scales = [0.3, -0.2], [-0.5, 0.4], [-2.0, -1.5]
     with torch.no_grad():
         model.head_out.weight.zero_()  # every pixel gets the same, known mixture
@@ -194,7 +231,8 @@ def test_the_training_script_saves_a_model_that_loads_and_samples(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("kernel_size", 4), ("first_kernel_size", 2), ("num_layers", 0),
-                                          ("label_dropout", 1.5), ("num_classes", -1), ("resolution", 2)])
+                                          ("label_dropout", 1.5), ("num_classes", -1), ("resolution", 2),
+                                          ("output_head", "logistic")])
 def test_bad_config_is_refused_with_the_field_name(field, value):
     with pytest.raises(ConfigError, match=field):
         PixelCNNConfig(**{field: value})

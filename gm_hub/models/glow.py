@@ -1,13 +1,13 @@
 """Glow [1]: a multi-scale normalizing flow of act-norm, invertible 1x1 convolutions and affine couplings.
 
-Pixels are dequantized with uniform noise, y = (x + u) / 256, and mapped by RealNVP's logit transform [3] (or
-centred, y - 1/2, as in [1], with `logit_alpha=None`). Each level
-squeezes, applies `num_steps` flow steps (act-norm, 1x1 convolution in LU form, channel-wise affine coupling
-[1, section 3]), and, except the last, splits off half of its channels under a Gaussian prior predicted from
-the other half (the learned split prior of [1]'s code). The density is exact by the change of variables; the
-scaling by 1/256 is part of the log-determinant, so `log_prob` is a density over the [0, 256) pixel scale and
-its mean over u a lower bound on the discrete log-likelihood (Theis et al. [2]): bits/dim compare with the
-VAE's and PixelCNN's.
+Pixels are dequantized with uniform (or learned, see `gm_hub.flows`) noise, y = (x + u) / 256, and mapped by
+RealNVP's logit transform [3] (or centred, y - 1/2, as in [1], with `logit_alpha=None`). Each level squeezes,
+applies `num_steps` flow steps (act-norm, 1x1 convolution in LU form, channel-wise affine coupling [1, section
+3]), and, except the last, splits off half of its channels under a Gaussian prior predicted from the other
+half (the learned split prior of [1]'s code). The density is exact by the change of variables; the scaling by
+1/256 is part of the log-determinant, so `log_prob` is a density over the [0, 256) pixel scale and its mean
+over u a lower bound on the discrete log-likelihood (Theis et al. [2]): bits/dim compare with the VAE's and
+PixelCNN's.
 
 Act-norm takes its data-dependent initialization from `initialize_from_data`, which the training loop calls
 once before training; a loaded model never re-initializes.
@@ -27,13 +27,13 @@ The density, the loss, sampling, interpolation and the maps between pixels and t
 
 from dataclasses import dataclass
 
-from ..config import ConfigError, ImageShape, check_ranges
-from ..flows import (COUPLING_LOG_SCALES, ActNorm, AffineCoupling, ImageFlow, InvertibleConv1x1, LogitTransform,
-                     MultiScaleFlow, Split, Squeeze)
+from ..config import ConfigError, check_ranges
+from ..flows import (COUPLING_LOG_SCALES, ActNorm, AffineCoupling, ImageFlow, ImageFlowConfig, InvertibleConv1x1,
+                     LogitTransform, MultiScaleFlow, Split, Squeeze, make_dequantizer)
 
 
 @dataclass
-class GlowConfig(ImageShape):
+class GlowConfig(ImageFlowConfig):
     num_levels: int = 2  # each level squeezes (halving the resolution); all but the last split off half
     num_steps: int = 8  # flow steps (act-norm, 1x1 convolution, coupling) per level
     hidden_channels: int = 64  # width of the coupling networks
@@ -85,3 +85,4 @@ class Glow(ImageFlow, family="flow", tags=["image-generation", "normalizing-flow
         shape = (config.num_channels, config.resolution, config.resolution)
         self.flow = MultiScaleFlow(shape, scales, splits)
         self.logit = LogitTransform(config.logit_alpha) if config.logit_alpha is not None else None
+        self.dequantizer = make_dequantizer(config)

@@ -1,7 +1,7 @@
 """RealNVP [1]: a normalizing flow of affine coupling layers, for 8-bit images.
 
-Pixels are dequantized with uniform noise, y = (x + u) / 256, and mapped to an unbounded space by the logit
-transform [1, section 4.1]. Each scale but the last has checkerboard couplings, a squeeze, channel-wise
+Pixels are dequantized with uniform noise (or learned noise, see `gm_hub.flows`), y = (x + u) / 256, and
+mapped to an unbounded space by the logit transform [1, section 4.1]. Each scale but the last has checkerboard couplings, a squeeze, channel-wise
 couplings, and factors out half of its channels as standard-normal latents; the last scale has checkerboard
 couplings only [1, section 3.6]. The model density is exact by the change of variables; the scaling by 1/256
 and the logit are part of the log-determinant, so `log_prob` is a density over the [0, 256) pixel scale, and
@@ -22,12 +22,13 @@ The density, the loss, sampling, interpolation and the maps between pixels and t
 
 from dataclasses import dataclass
 
-from ..config import ConfigError, ImageShape, check_ranges
-from ..flows import ActNorm, AffineCoupling, ImageFlow, LogitTransform, MultiScaleFlow, Split, Squeeze
+from ..config import ConfigError, check_ranges
+from ..flows import (ActNorm, AffineCoupling, ImageFlow, ImageFlowConfig, LogitTransform, MultiScaleFlow, Split, Squeeze,
+                     make_dequantizer)
 
 
 @dataclass
-class RealNVPConfig(ImageShape):
+class RealNVPConfig(ImageFlowConfig):
     num_scales: int = 2  # each scale but the last squeezes (halving the resolution) and factors out half
     num_couplings: int = 3  # checkerboard couplings per scale, as many channel-wise ones after its squeeze
     hidden_channels: int = 64  # width of the coupling networks
@@ -49,6 +50,7 @@ class RealNVP(ImageFlow, family="flow", tags=["image-generation", "normalizing-f
         super().__init__()
         self.config = config
         self.logit = LogitTransform(config.logit_alpha)
+        self.dequantizer = make_dequantizer(config)
         channels, width = config.num_channels, config.hidden_channels
         scales, splits = [], []
         for index in range(config.num_scales):
