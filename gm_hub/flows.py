@@ -97,8 +97,9 @@ class VariationalDequantizer(nn.Module):
         normal = randn(tuple(mean.shape), generator, images.device)
         h = mean + torch.exp(log_scale) * normal
         # log q(u) = log N(h; m, s^2) + log|dh/du|, with dh/du = 1 / (u (1 - u)) = 1 / (sigmoid(h) sigmoid(-h))
-        log_q = -0.5 * normal**2 - 0.5 * math.log(2 * math.pi) - log_scale - F.logsigmoid(h) - F.logsigmoid(-h)
-        return torch.sigmoid(h), _sum_per_example(log_q)
+        log_q = standard_normal_log_prob(normal.flatten(1))
+        log_q = log_q - _sum_per_example(log_scale + F.logsigmoid(h) + F.logsigmoid(-h))
+        return torch.sigmoid(h), log_q
 
 
 def make_dequantizer(config: ImageFlowConfig) -> VariationalDequantizer | None:

@@ -9,9 +9,10 @@ dropped to an extra "no label" class during training (`label_dropout`), so one m
 p(x): `log_prob(images)` without labels is the unconditional likelihood.
 
 The output head is [1]'s 256-way softmax per subpixel (`output_head="softmax"`), or PixelCNN++'s [3]
-discretized logistic mixture (`"mixture"`, fewer outputs). On MNIST the softmax learns far faster: the same
-network reached 1.168 test bits/dim in 5 CPU minutes with it and 1.404 with the mixture (641 and 868 steps),
-because MNIST's levels are not smooth (most pixels are exactly 0, and strokes sit on a few values near 255).
+discretized logistic mixture (`"mixture"`, fewer outputs). On MNIST the softmax learns faster: the same
+network reached 1.176 test bits/dim in 5 CPU minutes with it and 1.260 with the mixture (797 and 1,058 steps;
+benchmarks/pixelcnn_heads.md), because MNIST's levels are not smooth (most pixels are exactly 0, and strokes
+sit on a few values near 255).
 Departures from [1]: the subpixels of an RGB pixel are independent given the pixels before it (exact for
 grayscale); the vertical stack is shifted down once at its input, rather than before each
 vertical-to-horizontal link, so every vertical feature at row r already sees only rows < r; a constant channel
@@ -56,6 +57,9 @@ from ..distributions import (
 from ..hub import HubModel
 
 
+OUTPUT_HEADS = ("softmax", "mixture")
+
+
 @dataclass
 class PixelCNNConfig(ImageShape):
     """The network's size, its output and the label handling; the defaults are the shipped model's network
@@ -76,8 +80,8 @@ class PixelCNNConfig(ImageShape):
             self, ("hidden_channels", 1, 1024), ("num_layers", 1, 64), ("kernel_size", 1, 15),
             ("first_kernel_size", 1, 15), ("num_mixtures", 1, 32), ("num_classes", 0, 1000), ("label_dropout", 0.0, 1.0),
         )
-        if self.output_head not in ("softmax", "mixture"):
-            raise ConfigError(f"output_head must be 'softmax' or 'mixture', got {self.output_head!r}")
+        if self.output_head not in OUTPUT_HEADS:
+            raise ConfigError(f"output_head must be one of {OUTPUT_HEADS}, got {self.output_head!r}")
         for name in ("kernel_size", "first_kernel_size"):
             if getattr(self, name) % 2 == 0:
                 raise ConfigError(f"{name} must be odd, got {getattr(self, name)}")
