@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .distributions import NUM_LEVELS
 from .errors import UserError
@@ -143,7 +144,8 @@ def bits_per_dim_per_item(model, dataset: Dataset, accelerator=None, batch_size:
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     values = []
-    for batch in loader:
+    main_process = accelerator is None or accelerator.is_main_process
+    for batch in tqdm(loader, desc="test bits/dim", leave=False, disable=not main_process):
         images = batch["images"].to(device)
         bits = bits_per_dim(model.log_prob(images, **log_prob_kwargs), images[0].numel())
         values.append(accelerator.gather_for_metrics(bits) if accelerator is not None else bits)
@@ -302,8 +304,13 @@ def sample_metrics(images: torch.Tensor, reference_images: torch.Tensor, train_i
     features, probabilities = classifier_outputs(images, classifier)
     reference_features, _ = classifier_outputs(reference_images, classifier)
     shares = torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).float() / len(images)
-    metrics = {
-        "classifier_fid": frechet_distance(*feature_statistics(features), *feature_statistics(reference_features)),
+    metrics = {}
+    if min(len(images), len(reference_images)) >= 2:  # a covariance needs two items
+        metrics["classifier_fid"] = frechet_distance(*feature_statistics(features), *feature_statistics(reference_features))
+    else:
+        logger.warning("no classifier FID: %d samples against %d reference images (it needs 2 of each)",
+                       len(images), len(reference_images))
+    metrics |= {
         "num_eval_samples": float(len(images)),
         "num_reference_images": float(len(reference_images)),
         "confident_share": (probabilities.max(1).values >= confidence_threshold).float().mean().item(),
@@ -320,10 +327,12 @@ def draw_samples(model, num_samples: int, batch_size: int = 500, seed: int = 0, 
     """`num_samples` samples of `model.sample(..., **sample_kwargs)` in batches, from one seeded generator, on
     the CPU; None when the model does not produce images (a text model)."""
     batches = []
-    for batch in sample_batches(model, num_samples, batch_size, torch.Generator().manual_seed(seed), **sample_kwargs):
-        if not isinstance(batch, torch.Tensor):
-            return None
-        batches.append(batch.cpu())
+    with tqdm(total=num_samples, desc="samples", leave=False) as progress:
+        for batch in sample_batches(model, num_samples, batch_size, torch.Generator().manual_seed(seed), **sample_kwargs):
+            if not isinstance(batch, torch.Tensor):
+                return None
+            batches.append(batch.cpu())
+            progress.update(len(batch))
     return torch.cat(batches)
 
 

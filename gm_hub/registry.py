@@ -114,7 +114,8 @@ register(Family(
 register(Family(
     name="glow", title="Glow", model_class="gm_hub.models.glow:Glow", produces="images", likelihood="exact",
     shipped_model="glow-mnist", demo_tab="gm_hub.demo.flow",
-    # As RealNVP; act-norm's data-dependent initialization takes the loop's init batch.
+    # As RealNVP; act-norm's data-dependent initialization takes the loop's init batch. The shipped model learns its
+    # dequantization noise (--dequantization variational: 1.329 test bits/dim against 1.415 with uniform noise).
     training_defaults={"learning_rate": 1e-3, "lr_warmup_steps": 200, "max_grad_norm": 50.0, "num_epochs": 150,
                        "checkpointing_steps": 2000, "save_images_steps": 2000},
 ))
@@ -122,7 +123,8 @@ register(Family(
     name="pixelcnn", title="PixelCNN", model_class="gm_hub.models.pixelcnn:PixelCNN", produces="images",
     likelihood="exact", conditional=True, shipped_model="pixelcnn-mnist", demo_tab="gm_hub.demo.pixelcnn",
     # Polyak averaging of the weights, as PixelCNN++ evaluates. The shipped model (64 channels, 15 layers of 3x3, a
-    # softmax head, 4,000 steps of 64 under bf16 autocast) took 93 minutes on 2 CPU cores.
+    # softmax head, 4,000 steps of 64 under bf16 autocast) took 93 minutes on 2 CPU cores; its test bits/dim, one
+    # pass per class for each of the 10,000 digits (p(x) is the mixture over the classes), another 55 or so.
     training_defaults={"num_epochs": 15, "use_ema": True, "ema_decay": 0.999},
 ))
 register(Family(

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import CORPUS, REPO_ROOT, TINY_VAE_FLAGS, run_script
+from conftest import CORPUS, FAMILY_SCRIPTS, REPO_ROOT, TINY_VAE_FLAGS, run_script
 from gm_hub import load_model
 from gm_hub.errors import UserError
 from gm_hub.models.vae import VAE, VAEConfig
@@ -274,6 +274,22 @@ def test_bad_training_data_is_refused(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1") * 100)
     result = script("train_gpt.py", "--output_dir", str(tmp_path / "gpt"), "--train_file", str(tmp_path / "latin1.txt"))
     assert_one_line_error(result, "not UTF-8")
+
+
+def test_a_conditional_pixelcnn_refuses_unlabelled_images(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(12):
+        Image.new("L", (28, 28), color=20 * index).save(images / f"{index}.png")
+    flags = FAMILY_SCRIPTS["pixelcnn"][1]
+    result = script("train_pixelcnn.py", "--output_dir", str(tmp_path / "out"), "--train_data_dir", str(images),
+                    "--max_train_steps", "2", *flags)
+    assert_one_line_error(result, "has no labels", "--num_classes 0")
+    unconditional = script("train_pixelcnn.py", "--output_dir", str(tmp_path / "out0"), "--train_data_dir", str(images),
+                           "--max_train_steps", "2", "--num_classes", "0", *flags)
+    assert unconditional.returncode == 0, unconditional.stderr[-2000:]
 
 
 # --- 1, 2. the app keeps serving --------------------------------------------------------------------------

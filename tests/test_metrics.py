@@ -20,6 +20,7 @@ from gm_hub.metrics import (
     frechet_distance,
     load_digit_classifier,
     memorization,
+    sample_metrics,
 )
 from gm_hub.models.vae import VAE, VAEConfig
 
@@ -120,6 +121,14 @@ def test_evaluate_model_gives_bits_and_sample_metrics_for_a_vae(digits):
     assert sum(metrics[f"class_share_{k}"] for k in range(10)) == pytest.approx(1.0)
     assert "memorization_distance_ratio" in metrics
     assert all(isinstance(value, float) for value in metrics.values())
+
+
+def test_a_single_reference_image_gives_sample_metrics_without_fid(digits):
+    _, validation = digits
+    metrics = sample_metrics(validation[:8], validation[8:9])  # FID needs a covariance of each set
+    assert "classifier_fid" not in metrics and metrics["num_reference_images"] == 1
+    assert sum(metrics[f"class_share_{k}"] for k in range(10)) == pytest.approx(1.0)
+    assert sample_metrics(validation[:8], validation[8:10])["classifier_fid"] > 0
 
 
 def test_no_sample_metrics_for_non_digit_images():

@@ -6,6 +6,7 @@ import torch
 from conftest import run_script
 from gm_hub.config import ConfigError
 from gm_hub.distributions import to_unit_range
+from gm_hub.errors import UserError
 from gm_hub.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 # Three layers with 3 x 3 kernels: on 8 x 8 images the receptive field is smaller than the image.
@@ -95,8 +96,8 @@ def test_guided_pixels_follow_the_renormalized_guided_distribution():
     found = torch.bincount(pixels[:draws, 0].long(), minlength=256).double() / draws
     assert (found - expected).abs().sum() / 2 < 0.02  # total variation; sampling noise alone is ~0.01
     assert (p_conditional - expected).abs().sum() / 2 > 0.1  # and guidance did move the distribution
-    with pytest.raises(ValueError, match="guidance_scale needs a label"):
-        model.sample(2, guidance_scale=1.0)
+    with pytest.raises(ValueError, match="guidance_scale needs a class-conditional model"):
+        tiny_model(num_classes=0).sample(2, guidance_scale=1.0)
     with pytest.raises(ValueError, match="guidance_scale must be"):
         model.sample(2, label=3, guidance_scale=-1.0)
 
@@ -182,6 +183,71 @@ def test_log_prob_of_a_known_head_is_the_analytic_mixture():
     outputs = model({"images": images, "labels": torch.tensor([1, 2, 3])})
     assert outputs["loss"].item() == pytest.approx(-expected.mean().item() / 64, rel=1e-5)
     assert outputs["bits_per_dim"].item() == pytest.approx(outputs["loss"].item() / math.log(2), rel=1e-6)
+
+
+def strongly_conditional_model() -> PixelCNN:
+    model = tiny_model()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.label_embedding.weight.normal_(0, 3)  # a strong label signal at initialization
+        model.head_out.weight.mul_(30)  # and peaked output laws, so that the classes differ
+    return model
+
+
+def first_pixel_law(model: PixelCNN, labels: torch.Tensor) -> torch.Tensor:
+    """p(x_0 = v | y) of the first pixel, which sees only the label: (B,) labels -> (B, 256) float64."""
+    blank = torch.zeros(len(labels), 1, 8, 8, dtype=torch.uint8)
+    with torch.no_grad():
+        params = model.network(to_unit_range(blank), labels)
+    return model._level_log_probs(params)[:, :, 0, 0, 0].double().exp()
+
+
+def test_unconditional_log_prob_is_the_mixture_over_the_classes():
+    model = strongly_conditional_model()
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    per_class = torch.stack([model.log_prob(images, label).double() for label in range(10)], dim=1)
+    expected = per_class.exp().mean(1).log()  # float64 holds exp(-400)
+    torch.testing.assert_close(model.log_prob(images).double(), expected, rtol=1e-6, atol=1e-3)
+
+
+def test_unconditional_samples_follow_the_mixture_over_the_classes():
+    model = strongly_conditional_model()
+    samples = model.sample(4000, torch.Generator().manual_seed(0))
+    observed = torch.bincount(samples[:, 0, 0, 0].long(), minlength=256).double() / len(samples)
+    mixture = first_pixel_law(model, torch.arange(10)).mean(0)
+    no_label = first_pixel_law(model, torch.tensor([model.no_label]))[0]
+
+    def distance(p, q):  # total variation over 16 bins of 16 levels: few enough for 4,000 samples
+        return (p.view(16, 16).sum(1) - q.view(16, 16).sum(1)).abs().sum().item() / 2
+
+    assert distance(observed, mixture) < 0.05
+    assert distance(no_label, mixture) > 0.15  # the no-label path is another law, not the one sampled
+
+
+def test_completion_without_a_label_weighs_the_classes_by_the_given_rows():
+    model = strongly_conditional_model()
+    labels = torch.arange(10).repeat(3)
+    images = model.sample(30, torch.Generator().manual_seed(0), label=labels)
+    with torch.no_grad():
+        whole = model._given_rows_log_likelihoods(images, 8)
+        top = model._given_rows_log_likelihoods(images, 5)
+        # The same from the full-size network, pixel by pixel: log p(x_i | x_<i, y) summed over the top 5 rows.
+        expected = torch.stack([
+            model._level_log_probs(model.network(to_unit_range(images), torch.full((30,), label)))
+            .gather(1, images.long().unsqueeze(1))[:, 0, :, :5].flatten(1).sum(1) for label in range(10)], dim=1)
+    torch.testing.assert_close(top, expected, rtol=1e-5, atol=1e-3)
+    per_class = torch.stack([model.log_prob(images, label) for label in range(10)], dim=1)
+    torch.testing.assert_close(whole, per_class, rtol=1e-5, atol=1e-3)  # all rows given: p(x | y)
+    repeated = images[:3].repeat_interleave(4, 0)  # computed once per distinct image, returned for each
+    torch.testing.assert_close(model._given_rows_log_likelihoods(repeated, 5), top[:3].repeat_interleave(4, 0))
+    assert (top.argmax(1) == labels).float().mean() > 0.8  # the top rows of a strong-label model give its label away
+
+
+def test_a_conditional_model_refuses_unlabelled_training_data():
+    images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    with pytest.raises(UserError, match="--num_classes 0"):
+        tiny_model()({"images": images})
+    assert torch.isfinite(tiny_model(num_classes=0)({"images": images})["loss"])
 
 
 def test_complete_keeps_the_given_rows_bit_for_bit():

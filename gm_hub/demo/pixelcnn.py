@@ -21,28 +21,23 @@ DEFAULT_GUIDANCE = 1.0  # the best share of samples of the requested digit: 0.94
 DRAWN = "drawn below"
 
 
-def guidance(value, label: int | None) -> float:
-    """The guidance slider's value, applied to samples of a digit class only ("any" has no class to guide toward)."""
-    value = check_number("Guidance", value, 0, MAX_GUIDANCE)
-    return value if label is not None else 0.0
-
-
 def sample(family: Family, digit, temperature, num_samples, seed, guidance_scale=0.0):
-    """A grid of samples of one digit class (or of any), at a temperature (below 1: cleaner, less varied), guided
-    toward the class by classifier-free guidance (0: none)."""
+    """A grid of samples of one digit class (or of any: each sample's class drawn at random), at a temperature
+    (below 1: cleaner, less varied), guided toward the class by classifier-free guidance (0: none)."""
     label = digit_label(digit)
     temperature = check_number("Temperature", temperature, 0.1, 1.5)
     num_samples = check_number("Number of samples", num_samples, 1, MAX_SAMPLES, integer=True)
     return sample_images(family, num_samples, seed, label=label, temperature=temperature,
-                         guidance_scale=guidance(guidance_scale, label))
+                         guidance_scale=check_number("Guidance", guidance_scale, 0, MAX_GUIDANCE))
 
 
 @gpu
 def complete(family: Family, source, sketch, num_rows_given, digit, num_samples, seed, guidance_scale=0.0):
-    """The top rows of a real or drawn digit, then that many completions sampled below them, side by side."""
+    """The top rows of a real or drawn digit, then that many completions sampled below them, side by side. With
+    "any" class, each completion's class is drawn from what the model makes of the given rows."""
     num_rows_given = check_number("Rows given", num_rows_given, 4, 24, integer=True)
     label = digit_label(digit)
-    guidance_scale = guidance(guidance_scale, label)
+    guidance_scale = check_number("Guidance", guidance_scale, 0, MAX_GUIDANCE)
     num_samples = check_number("Number of completions", num_samples, 1, MAX_SAMPLES, integer=True)
     generator = torch.Generator().manual_seed(check_seed(seed))
     if source == DRAWN:
@@ -67,7 +62,7 @@ def build_tab(family: Family) -> None:
         temperature = slider(0.1, 1.5, value=1.0, step=0.05, label="Temperature")
         count = slider(1, MAX_SAMPLES, value=9, step=1, label="Number of samples")
         seed = gr.Number(value=0, precision=0, label="Seed")
-        guidance_scale = slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (with a digit class)")
+        guidance_scale = slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
     button = gr.Button("Sample", variant="primary")
     grid = gr.Image(label="Samples", type="pil", format="png")
     took = gr.Markdown()
@@ -76,10 +71,10 @@ def build_tab(family: Family) -> None:
     with gr.Row():
         source = gr.Dropdown([*map(str, range(10)), DRAWN], value="7", label="Digit to complete")
         rows = slider(4, 24, value=14, step=1, label="Rows given")
-        completion_digit = gr.Dropdown(DIGIT_CHOICES, value=DIGIT_CHOICES[0], label="Digit class")
+        completion_digit = gr.Dropdown(DIGIT_CHOICES, value=DIGIT_CHOICES[0], label="Digit class (any: guessed from the given rows)")
         completion_count = slider(1, MAX_SAMPLES, value=4, step=1, label="Number of completions")
         completion_seed = gr.Number(value=0, precision=0, label="Seed")
-        completion_guidance = slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (with a digit class)")
+        completion_guidance = slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
     sketch = digit_sketchpad("Your digit (white on black; pick \"drawn below\" above)")
     complete_button = gr.Button("Complete")
     completions = gr.Image(label="Given rows, then completions", type="pil", format="png")
