@@ -124,7 +124,7 @@ register(Family(
     likelihood="exact", conditional=True, shipped_model="pixelcnn-mnist", demo_tab="gm_hub.demo.pixelcnn",
     # Polyak averaging of the weights, as PixelCNN++ evaluates. The shipped model (64 channels, 15 layers of 3x3, a
     # softmax head, 4,000 steps of 64 under bf16 autocast) took 93 minutes on 2 CPU cores; its test bits/dim, one
-    # pass per class for each of the 10,000 digits (p(x) is the mixture over the classes), another 55 or so.
+    # pass per class for each of the 10,000 digits (p(x) is the mixture over the classes), about 20 minutes more.
     training_defaults={"num_epochs": 15, "use_ema": True, "ema_decay": 0.999},
 ))
 register(Family(
