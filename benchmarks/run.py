@@ -38,7 +38,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent  # results.json, plots/ and the
 # Written by the family engineers and the family benchmarks, shown as they are.
 INCLUDED_RESULTS = (
     "gpu_runs.md", "cuda_check.md", "family_timing.md", "vae_results.md", "gan_results.md", "gpt_results.md",
-    "ddpm_schedulers.md", "ddpm_default.md", "pixelcnn_heads.md", "pixelcnn_sampling.md", "pixelcnn_unconditional.md", "pixelcnn_settings.md",
+    "ddpm_schedulers.md", "ddpm_default.md", "pixelcnn_heads.md", "pixelcnn_results.md", "pixelcnn_sampling.md", "pixelcnn_unconditional.md", "pixelcnn_settings.md",
     "bad_requests_results.md",
     "load_test_results.md",
     "browser_latency.md", "flow_grids.md", "flow_results.md", "flow_temperatures.md", "gan-mnist_conditional.md",

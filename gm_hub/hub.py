@@ -352,7 +352,7 @@ images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, C,
 def card_data(
     *, library_name: str, tags: list[str], pipeline_tag: str, model_name: str, datasets: list[str] | None,
     metrics: dict[str, float], metrics_dataset: str, training_command: str | None, training_time: str | None,
-    metrics_sample_kwargs: str | None = None,
+    metrics_sample_kwargs: str | None = None, base_model: str | None = None, base_model_training: dict | None = None,
 ) -> ModelCardData:
     """The YAML metadata of every gm-hub card: library, tags, datasets, and the metrics in model-index form."""
     return ModelCardData(
@@ -362,9 +362,11 @@ def card_data(
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
         model_name=model_name,
+        base_model=base_model,
         # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
         gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset,
-                **({"metrics_sample_kwargs": metrics_sample_kwargs} if metrics_sample_kwargs else {})},
+                **({"metrics_sample_kwargs": metrics_sample_kwargs} if metrics_sample_kwargs else {}),
+                **({"base_model_training": base_model_training} if base_model_training else {})},
         eval_results=[
             EvalResult(task_type=pipeline_tag or "other", dataset_type=(datasets or ["custom"])[0], dataset_name=metrics_dataset,
                        metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
@@ -382,6 +384,8 @@ def make_model_card(
     datasets: list[str] | None = None,
     training_time: str | None = None,
     metrics_sample_kwargs: str | None = None,
+    base_model: str | None = None,
+    base_model_training: dict | None = None,
     **_: Any,
 ) -> ModelCard:
     """A model card: YAML metadata (library, tags, datasets, model-index metrics), then what, how, how good."""
@@ -396,11 +400,16 @@ def make_model_card(
         model_name=name,
         datasets=datasets or list(model.dataset_tags),
         metrics=metrics, metrics_dataset=metrics_dataset, training_command=training_command, training_time=training_time,
-        metrics_sample_kwargs=metrics_sample_kwargs,
+        metrics_sample_kwargs=metrics_sample_kwargs, base_model=base_model, base_model_training=base_model_training,
     )
     rows = "\n".join(f"| {metric} | {value:.4f} |" for metric, value in metrics.items()) or "| (not measured yet) | |"
     command = f"```bash\n{training_command}\n```" if training_command else "Not recorded."
     time_line = f"\nTraining time: {training_time}.\n" if training_time else ""
+    if base_model:  # fine-tuned (--init_from): the base's own training comes first
+        base = base_model_training or {}
+        base_command = f"```bash\n{base['training_command']}\n```" if base.get("training_command") else "(not recorded)"
+        base_time = f" ({base['training_time']})" if base.get("training_time") else ""
+        command = f"Fine-tuned from `{base_model}`, itself trained by{base_time}:\n\n{base_command}\n\nthen:\n\n{command}"
     sampling_note = f"Samples drawn with `sample(..., **{metrics_sample_kwargs})`." if metrics_sample_kwargs else ""
     return ModelCard(f"""---
 {metadata.to_yaml()}
@@ -446,7 +455,7 @@ def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, 
     if not Path(folder).is_dir():
         raise UserError(f"--write_card needs a local model folder, got {folder}")
     previous = ModelCard.load(card_path).data.to_dict() if card_path.is_file() else {}
-    info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset}
+    info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset, "base_model": previous.get("base_model")}
     info.pop("metrics_sample_kwargs", None)  # it described the old metrics
     if sample_kwargs:
         info["metrics_sample_kwargs"] = sample_kwargs

@@ -123,8 +123,9 @@ register(Family(
     name="pixelcnn", title="PixelCNN", model_class="gm_hub.models.pixelcnn:PixelCNN", produces="images",
     likelihood="exact", conditional=True, shipped_model="pixelcnn-mnist", demo_tab="gm_hub.demo.pixelcnn",
     # Polyak averaging of the weights, as PixelCNN++ evaluates. The shipped model (64 channels, 15 layers of 3x3, a
-    # softmax head, 4,000 steps of 64 under bf16 autocast) took 93 minutes on 2 CPU cores; its test bits/dim, one
-    # pass per class for each of the 10,000 digits (p(x) is the mixture over the classes), about 20 minutes more.
+    # softmax head, bf16 autocast) took 4,000 steps of 64 in 93 minutes on 2 CPU cores, then 2,425 more from those
+    # weights (--init_from) in 101; its test bits/dim, one pass per class for each of the 10,000 digits (p(x) is the
+    # mixture over the classes), about 27 minutes more.
     training_defaults={"num_epochs": 15, "use_ema": True, "ema_decay": 0.999},
 ))
 register(Family(

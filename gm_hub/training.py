@@ -88,6 +88,7 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     overwrite_output_dir: bool = False  # train into a folder that holds a model or checkpoints, replacing them
     init_batch_size: int = 512  # items for a model's data-dependent initialization (Glow's act-norm)
+    init_from: str | None = None  # start from a saved model's weights (folder or Hub id; same class and config): fine-tuning
     seed: int | None = 0
     use_ema: bool = False  # keep an exponential moving average of the weights for sampling and saving
     ema_decay: float = 0.999
@@ -526,16 +527,17 @@ def run_signature(model: torch.nn.Module) -> dict:
     return json.loads(json.dumps(signature))  # tuples become lists, as in the saved manifest
 
 
-def _signature_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None:
-    """The first field where two signatures differ, as 'name: saved -> current'."""
+def _signature_mismatch(saved: dict, current: dict, prefix: str = "",
+                        where: tuple[str, str] = ("the checkpoint", "this run")) -> str | None:
+    """The first field where two signatures differ, as 'name: A in the checkpoint, B in this run'."""
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = _signature_mismatch(a, b, f"{prefix}{key}.")
+            found = _signature_mismatch(a, b, f"{prefix}{key}.", where)
             if found:
                 return found
         elif a != b:
-            return f"{prefix}{key}: {a!r} in the checkpoint, {b!r} in this run"
+            return f"{prefix}{key}: {a!r} in {where[0]}, {b!r} in {where[1]}"
     return None
 
 
@@ -579,6 +581,34 @@ def initialize_from_data(model: torch.nn.Module, dataset: Dataset, config: Train
     device = next(model.parameters()).device
     with torch.no_grad():
         hook({key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()})
+
+
+def load_initial_weights(model: torch.nn.Module, name_or_path: str) -> None:
+    """--init_from: copy a saved model's weights into `model`, which must be of its class and config (a field
+    that differs is named, so a fine-tuning run never silently starts from a model of another shape)."""
+    from .hub import load_model
+
+    source = load_model(name_or_path)
+    if type(source) is not type(model):
+        raise UserError(f"--init_from {name_or_path} holds a {type(source).__name__}, this run trains a {type(model).__name__}")
+    mismatch = _signature_mismatch(run_signature(source), run_signature(model), where=("--init_from", "this run"))
+    if mismatch:
+        raise UserError(f"--init_from {name_or_path} has another model config: {mismatch}; pass the same model flags")
+    model.load_state_dict(source.state_dict())
+
+
+def base_model_card(name_or_path: str) -> dict:
+    """The card fields of a fine-tuned model that say what it started from: the base's id and how it was trained."""
+    from huggingface_hub import ModelCard
+
+    from .hub import resolve_file
+
+    try:
+        base_info = ModelCard.load(resolve_file(name_or_path, "README.md")).data.to_dict().get("gm_hub") or {}
+    except UserError:  # a base without a card: its name is still recorded
+        base_info = {}
+    return {"base_model": name_or_path,
+            "base_model_training": {k: base_info[k] for k in ("training_command", "training_time") if base_info.get(k)}}
 
 
 def resume(accelerator: Accelerator, config: TrainingConfig, signature: dict) -> tuple[int, float]:
@@ -658,6 +688,7 @@ def publish(run: Run, global_step: int, training_seconds: float, eval_fn: Callab
         if accelerator.is_main_process:
             card = {"training_command": training_command(), "training_time": f"{global_step} steps, {training_seconds:.0f} s "
                     f"wall-clock on {accelerator.num_processes} process(es), {hardware_name(accelerator.device)}",
+                    **(base_model_card(config.init_from) if config.init_from else {}),
                     **(model_card_kwargs or {}),
                     "metrics": metrics}
             grid = save_samples(unwrapped, output_dir / "samples", config.num_sample_images, config.seed or 0) \
@@ -716,6 +747,7 @@ def train(
     run = _prepare(model, train_dataset, config, players, collate_fn)
     signature = run_signature(run.unwrapped)
     global_step, seconds_before = resume(run.accelerator, config, signature)
+    warn_idle_cpu_cores(run.accelerator)  # after every refusal: a refused run prints its one line alone
     run.batches = _batches(run, global_step)
     max_train_steps = run.max_train_steps
     history = _History(run, config.output_dir)
@@ -778,12 +810,13 @@ def _prepare(model: torch.nn.Module, dataset: Dataset, config: TrainingConfig, p
 
     players = players or [Player("model", list(model.parameters()))]
     accelerator = _make_accelerator(config, multi_player=len(players) > 1)
-    warn_idle_cpu_cores(accelerator)
     if config.mixed_precision == "fp16" and not accelerator.native_amp:
         raise UserError(f"--mixed_precision fp16 needs a GPU; on the {accelerator.device.type.upper()} use bf16")
     set_seed(config.seed)
     prepare_output_dir(config, accelerator)
-    if not config.resume_from_checkpoint:  # a resumed run's weights come from its checkpoint
+    if config.init_from and not config.resume_from_checkpoint:  # a resumed run's weights come from its checkpoint
+        load_initial_weights(model, config.init_from)  # already initialized: no data-dependent pass on top
+    elif not config.resume_from_checkpoint:
         initialize_from_data(model, dataset, config, collate_fn)
     # The loader's own generator: iterating must not draw from the global RNG, or a resumed run, which
     # starts its iterator at another point of the RNG stream, would see other model noise.

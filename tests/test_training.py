@@ -174,6 +174,32 @@ def test_bad_flags_give_one_line(tmp_path):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_init_from_starts_at_the_saved_weights_and_the_card_names_the_base(tmp_path):
+    from gm_hub.models.vae import VAEConfig
+
+    torch.manual_seed(123)  # weights no seeded run would draw
+    base = VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2))
+    base.save_pretrained(tmp_path / "base", model_card_kwargs={"training_command": "accelerate launch training/train_vae.py --x 1",
+                                                                 "training_time": "7 steps"})
+    out = tmp_path / "tuned"
+    # A learning rate of 1e-30 leaves the weights where the run started: at the base's, not at a fresh init.
+    run_script("train_vae.py", ["--output_dir", str(out), "--init_from", str(tmp_path / "base"), "--max_train_steps", "1",
+                                "--learning_rate", "1e-30", *TINY_VAE_FLAGS])
+    tuned, fresh = final_weights(out), VAE(VAEConfig(hidden_channels=8, latent_dim=4, num_mixtures=2)).state_dict()
+    for name, value in base.state_dict().items():
+        assert torch.allclose(tuned[name], value, atol=1e-6), name
+    assert any(not torch.allclose(fresh[k], v) for k, v in base.state_dict().items() if v.is_floating_point())
+    metadata, text = read_card(out)
+    assert metadata["base_model"] == str(tmp_path / "base")
+    assert metadata["gm_hub"]["base_model_training"] == {"training_command": "accelerate launch training/train_vae.py --x 1",
+                                                          "training_time": "7 steps"}
+    assert "--init_from" in metadata["gm_hub"]["training_command"] and "--x 1" in text  # both commands in the prose
+    other = subprocess.run([sys.executable, "training/train_vae.py", "--output_dir", str(tmp_path / "other"), "--init_from",
+                            str(tmp_path / "base"), *TINY_VAE_FLAGS, "--latent_dim", "6"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "latent_dim: 4 in --init_from, 6 in this run" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+
+
 def test_hub_token_never_reaches_the_card_or_command():
     command = training_command(["train_vae.py", "--hub_token", "hf_secret", "--hub_token=hf_other", "--seed", "1"])
     assert "hf_secret" not in command and "hf_other" not in command and "--seed 1" in command

@@ -7,7 +7,7 @@
 #
 # Needs ../shared/data/mnist (the MNIST test set, for the card's metrics) and ../shared/data/tinyshakespeare.
 # Where each ran (its card's training_time): ddpm-mnist (31 min), vae-mnist (6 min, then its prior refit and
-# evaluation), gan-mnist (15 min), glow-mnist (57 min) and pixelcnn-mnist (93 min) on this project's 2-core CPU;
+# evaluation), gan-mnist (15 min), glow-mnist (57 min) and pixelcnn-mnist (93 min, then 101 fine-tuning) on this project's 2-core CPU;
 # the others on one H100, several side by side (2.5 to 7.3 minutes each). On a 2-core CPU those take hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +22,21 @@ declare -A COMMANDS=(
   [ddpm-mnist]="training/train_ddpm.py --output_dir runs/ddpm-mnist --max_train_steps 4500 --checkpointing_steps 500 --save_images_steps 500 --eval_data_dir ../shared/data/mnist"
   [gpt-shakespeare]="training/train_gpt.py --train_file ../shared/data/tinyshakespeare/input.txt --checkpointing_steps 1000 --checkpoints_total_limit 1 --logging_steps 50 --n_layer 4 --n_head 4 --n_embd 256 --block_size 256 --dropout 0.1 --mixed_precision bf16 --max_train_steps 5000 --learning_rate 1e-3 --lr_warmup_steps 100 --adam_beta2 0.99 --adam_weight_decay 0.1 --save_images_steps 1000 --output_dir runs/gpt-shakespeare"
 )
+# A second command that starts from the first one's weights (--init_from), for models trained in two runs.
+declare -A FINE_TUNING=(
+  [pixelcnn-mnist]="training/train_pixelcnn.py --eval_data_dir ../shared/data/mnist --hidden_channels 64 --num_layers 15 --kernel_size 3 --mixed_precision bf16 --init_from runs/pixelcnn-softmax --learning_rate 4e-4 --lr_warmup_steps 100 --max_train_steps 2500 --max_train_minutes 100 --checkpointing_steps 500 --checkpoints_total_limit 1 --logging_steps 25 --save_images_steps 1000 --output_dir runs/pixelcnn-finetune"
+)
 PUBLISHED="README.md config.json model.safetensors samples.png generation_config.json tokenizer.json tokenizer_config.json model_index.json"
 
 for name in "${@:-${!COMMANDS[@]}}"; do
   command=${COMMANDS[$name]:?"unknown model $name; known: ${!COMMANDS[*]}"}
   echo "== $name: accelerate launch $command"
   accelerate launch --num_cpu_threads_per_process "$(nproc)" $command --overwrite_output_dir  # every core on a CPU
+  if [ -n "${FINE_TUNING[$name]:-}" ]; then
+    command=${FINE_TUNING[$name]}
+    echo "== $name, fine-tuned: accelerate launch $command"
+    accelerate launch --num_cpu_threads_per_process "$(nproc)" $command --overwrite_output_dir
+  fi
   run_dir=${command##*--output_dir }
   rm -rf "pretrained/$name" && mkdir -p "pretrained/$name"
   for file in $PUBLISHED; do [ -f "$run_dir/$file" ] && cp "$run_dir/$file" "pretrained/$name/"; done

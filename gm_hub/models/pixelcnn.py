@@ -8,8 +8,8 @@ label y entering both stacks through a per-layer embedding; the horizontal stack
 unconditional p(x) is its mixture over the classes with a uniform prior, (1/K) sum_y p(x | y): `log_prob(images)`
 without labels computes it exactly (one pass per class), and `sample` without a label draws y first, as the
 mixture says. Labels are also dropped to an extra "no label" class during training (`label_dropout`), a second
-estimate of p(x) that classifier-free guidance [5] contrasts with p(x | y). On the shipped model the mixture is
-the better p(x) by both measures: 1.062 against 1.069 test bits/dim, and samples confidently classified 84%
+estimate of p(x) that classifier-free guidance [5] contrasts with p(x | y). On the model shipped in session 7 the mixture
+is the better p(x) by both measures: 1.062 against 1.069 test bits/dim, and samples confidently classified 84%
 of the time against 59% (benchmarks/pixelcnn_unconditional.md).
 
 The output head is [1]'s 256-way softmax per subpixel (`output_head="softmax"`), or PixelCNN++'s [3]
