@@ -362,11 +362,12 @@ def card_data(
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
         model_name=model_name,
-        base_model=base_model,
+        # The Hub accepts only a repo id here; a local base is named in the gm_hub section alone.
+        base_model=base_model if base_model and not os.path.exists(base_model) else None,
         # What the prose is made from, so `gm-hub evaluate --write_card` can renew the metrics alone.
         gm_hub={"training_command": training_command, "training_time": training_time, "metrics_dataset": metrics_dataset,
                 **({"metrics_sample_kwargs": metrics_sample_kwargs} if metrics_sample_kwargs else {}),
-                **({"base_model_training": base_model_training} if base_model_training else {})},
+                **({"base_model": base_model, "base_model_training": base_model_training or {}} if base_model else {})},
         eval_results=[
             EvalResult(task_type=pipeline_tag or "other", dataset_type=(datasets or ["custom"])[0], dataset_name=metrics_dataset,
                        metric_type=metric, metric_name=metric, metric_value=round(float(value), 6))
@@ -455,7 +456,7 @@ def update_model_card_metrics(folder: Path, model: HubModel, metrics: dict[str, 
     if not Path(folder).is_dir():
         raise UserError(f"--write_card needs a local model folder, got {folder}")
     previous = ModelCard.load(card_path).data.to_dict() if card_path.is_file() else {}
-    info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset, "base_model": previous.get("base_model")}
+    info = {**(previous.get("gm_hub") or {}), "metrics_dataset": metrics_dataset}
     info.pop("metrics_sample_kwargs", None)  # it described the old metrics
     if sample_kwargs:
         info["metrics_sample_kwargs"] = sample_kwargs

@@ -190,7 +190,8 @@ def test_init_from_starts_at_the_saved_weights_and_the_card_names_the_base(tmp_p
         assert torch.allclose(tuned[name], value, atol=1e-6), name
     assert any(not torch.allclose(fresh[k], v) for k, v in base.state_dict().items() if v.is_floating_point())
     metadata, text = read_card(out)
-    assert metadata["base_model"] == str(tmp_path / "base")
+    assert metadata["gm_hub"]["base_model"] == str(tmp_path / "base")
+    assert "base_model" not in metadata  # the Hub's field takes repo ids only, and this base is a local folder
     assert metadata["gm_hub"]["base_model_training"] == {"training_command": "accelerate launch training/train_vae.py --x 1",
                                                           "training_time": "7 steps"}
     assert "--init_from" in metadata["gm_hub"]["training_command"] and "--x 1" in text  # both commands in the prose
